@@ -1,0 +1,36 @@
+# shoal developer entry points; see README.md.
+.PHONY: install images lint unit integration test demo down bench
+
+VENV := .venv/bin
+
+install:
+	scripts/install-deps.sh
+
+images: install
+	scripts/ensure-dockerd.sh
+	images/build.sh
+
+lint:
+	$(VENV)/ruff check src tests benchmarks
+
+unit:
+	$(VENV)/pytest -q tests/unit
+
+integration:
+	$(VENV)/pytest -q tests/integration
+
+# The whole suite; pytest exit 5 (no test collected) is not a failure.
+test: install images lint
+	$(VENV)/pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+
+demo: install images
+	scripts/demo.sh
+
+down:
+	scripts/down.sh
+
+bench:
+	@for f in benchmarks/*.py; do \
+		[ -e "$$f" ] || continue; \
+		echo "== $$f"; $(VENV)/python "$$f" || exit 1; \
+	done

@@ -1,0 +1,232 @@
+"""Run tasks as containers on the local Docker Engine (aiodocker).
+
+Containers are named ``<service>.<slot>.<taskid>`` (global: ``<service>.<nodeid>.<taskid>``) and carry
+the ``com.docker.swarm.*`` labels Docker's own executor sets, so existing tools recognise them and a
+restarted agent finds them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from shoal.model.service import DEFAULT_STOP_GRACE
+
+log = logging.getLogger(__name__)
+
+L_NODE = "com.docker.swarm.node.id"
+L_SERVICE_ID = "com.docker.swarm.service.id"
+L_SERVICE_NAME = "com.docker.swarm.service.name"
+L_TASK = "com.docker.swarm.task"
+L_TASK_ID = "com.docker.swarm.task.id"
+L_TASK_NAME = "com.docker.swarm.task.name"
+
+
+class ExecutorError(Exception):
+    """The engine refused; ``message`` is the engine's own text."""
+
+
+def task_name(task: dict) -> str:
+    svc = (task.get("ServiceAnnotations") or {}).get("Name", task["ServiceID"])
+    middle = task["Slot"] if task.get("Slot") else task.get("NodeID", "")
+    return f"{svc}.{middle}.{task['ID']}"
+
+
+def _mount(m: dict) -> dict:
+    out: dict[str, Any] = {"Type": m["Type"], "Target": m["Target"]}
+    for key in ("Source", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions", "TmpfsOptions"):
+        if m.get(key) not in (None, "", {}):
+            out[key] = m[key]
+    return out
+
+
+def container_config(task: dict, node_id: str, extra: dict | None = None) -> dict:
+    """The Engine API create body for a task's ContainerSpec."""
+    spec = task.get("Spec") or {}
+    cs = spec.get("ContainerSpec") or {}
+    name = task_name(task)
+    svc = task.get("ServiceAnnotations") or {}
+    labels = dict(cs.get("Labels") or {})
+    labels.update({
+        L_NODE: node_id, L_SERVICE_ID: task["ServiceID"], L_SERVICE_NAME: svc.get("Name", ""),
+        L_TASK: "", L_TASK_ID: task["ID"], L_TASK_NAME: name,
+    })
+    res = spec.get("Resources") or {}
+    limits = res.get("Limits") or {}
+    dns = cs.get("DNSConfig") or {}
+    host: dict[str, Any] = {
+        "Mounts": [_mount(m) for m in cs.get("Mounts") or []],
+        "RestartPolicy": {"Name": "no"},
+        "ReadonlyRootfs": bool(cs.get("ReadOnly")),
+        "CapAdd": cs.get("CapabilityAdd"),
+        "CapDrop": cs.get("CapabilityDrop"),
+        "Sysctls": cs.get("Sysctls"),
+        "Ulimits": cs.get("Ulimits"),
+        "GroupAdd": cs.get("Groups"),
+        "ExtraHosts": [_host_entry(h) for h in cs.get("Hosts") or []] or None,
+        "Dns": dns.get("Nameservers"),
+        "DnsSearch": dns.get("Search"),
+        "DnsOptions": dns.get("Options"),
+        "NanoCpus": limits.get("NanoCPUs") or 0,
+        "Memory": limits.get("MemoryBytes") or 0,
+        "PidsLimit": limits.get("Pids") or None,
+        "Init": cs.get("Init"),
+        "Isolation": "" if cs.get("Isolation") in (None, "default") else cs["Isolation"],
+    }
+    cfg: dict[str, Any] = {
+        "Image": cs["Image"],
+        "Labels": labels,
+        "Env": cs.get("Env") or [],
+        "WorkingDir": cs.get("Dir") or "",
+        "User": cs.get("User") or "",
+        "Hostname": cs.get("Hostname") or "",
+        "Tty": bool(cs.get("TTY")),
+        "OpenStdin": bool(cs.get("OpenStdin")),
+        "StopTimeout": int((cs.get("StopGracePeriod") or DEFAULT_STOP_GRACE) / 1e9),
+        "HostConfig": {k: v for k, v in host.items() if v is not None},
+    }
+    if cs.get("Command"):
+        cfg["Entrypoint"] = cs["Command"]
+    if cs.get("Args"):
+        cfg["Cmd"] = cs["Args"]
+    if cs.get("StopSignal"):
+        cfg["StopSignal"] = cs["StopSignal"]
+    if cs.get("Healthcheck"):
+        cfg["Healthcheck"] = cs["Healthcheck"]
+    if extra:
+        cfg.update(extra)
+    return cfg
+
+
+def _host_entry(h: str) -> str:
+    """Swarm's ``IP host...`` form to Docker's ``host:IP``."""
+    parts = h.split()
+    if len(parts) >= 2:
+        return f"{parts[1]}:{parts[0]}"
+    return h
+
+
+class DockerExecutor:
+    """Container operations for the agent, plus a stream of container events."""
+
+    def __init__(self, url: str = "unix:///var/run/docker.sock") -> None:
+        self.url = url
+        self.docker = aiodocker.Docker(url=url)
+        self._events_task: asyncio.Task | None = None
+
+    async def close(self) -> None:
+        if self._events_task:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+        await self.docker.close()
+
+    async def info(self) -> dict:
+        return await self.docker.system.info()
+
+    async def version(self) -> dict:
+        return await self.docker.version()
+
+    def watch_events(self, node_id: str, callback: Callable[[str, str, dict], None]) -> None:
+        """Call ``callback(task_id, action, event)`` for every container event of our tasks."""
+        self._events_task = asyncio.create_task(self._events(node_id, callback), name="docker-events")
+
+    async def _events(self, node_id: str, callback: Callable[[str, str, dict], None]) -> None:
+        filters = {"type": ["container"], "label": [f"{L_NODE}={node_id}"]}
+        while True:
+            try:
+                async with self.docker._query(
+                    "events", method="GET", params={"filters": json.dumps(filters)},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+                ) as resp:
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        try:
+                            ev = json.loads(line)
+                        except ValueError:
+                            continue
+                        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                        tid = attrs.get(L_TASK_ID)
+                        if tid:
+                            callback(tid, ev.get("Action") or ev.get("status", ""), ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the engine went away: reconnect
+                log.warning("docker events stream ended (%s); reconnecting", e)
+                callback("", "reconnect", {})
+                await asyncio.sleep(0.5)
+
+    async def containers(self, node_id: str) -> dict[str, dict]:
+        """Our containers by task ID (running or not)."""
+        items = await self.docker.containers.list(
+            all=True, filters={"label": [f"{L_NODE}={node_id}"]})
+        out = {}
+        for c in items:
+            tid = (c._container.get("Labels") or {}).get(L_TASK_ID)
+            if tid:
+                out[tid] = c._container
+        return out
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+            return True
+        except DockerError:
+            return False
+
+    async def pull(self, image: str) -> None:
+        ref = image if (":" in image.rsplit("/", 1)[-1] or "@" in image) else f"{image}:latest"
+        try:
+            await self.docker.images.pull(ref)
+        except DockerError as e:
+            raise ExecutorError(e.message) from None
+
+    async def create(self, task: dict, node_id: str) -> str:
+        cfg = container_config(task, node_id)
+        try:
+            c = await self.docker.containers.create(cfg, name=task_name(task))
+        except DockerError as e:
+            if e.status == 409:  # created before a crash: adopt it
+                info = await self.inspect(task_name(task))
+                if info and (info["Config"]["Labels"] or {}).get(L_TASK_ID) == task["ID"]:
+                    return info["Id"]
+            raise ExecutorError(e.message) from None
+        return c.id
+
+    async def start(self, cid: str) -> None:
+        try:
+            await self.docker.containers.container(cid).start()
+        except DockerError as e:
+            raise ExecutorError(e.message) from None
+
+    async def inspect(self, cid: str) -> dict | None:
+        try:
+            return await self.docker.containers.container(cid).show()
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise ExecutorError(e.message) from None
+
+    async def stop(self, cid: str, grace: float) -> None:
+        try:
+            await self.docker.containers.container(cid).stop(t=int(grace))
+        except DockerError as e:
+            if e.status not in (304, 404):
+                raise ExecutorError(e.message) from None
+
+    async def remove(self, cid: str) -> None:
+        try:
+            await self.docker.containers.container(cid).delete(force=True, v=False)
+        except DockerError as e:
+            if e.status not in (404, 409):
+                raise ExecutorError(e.message) from None
+

@@ -1,0 +1,162 @@
+"""One task's life on this node: prepare, start, watch, stop — reporting every state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from shoal.agent.executor.docker import DockerExecutor, ExecutorError
+from shoal.model import states
+from shoal.model.ids import now
+from shoal.model.service import DEFAULT_STOP_GRACE
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, dict], Awaitable[None]]
+
+
+class TaskRunner:
+    """Drives one task toward its desired state. :meth:`poke` after the task or its container changed."""
+
+    def __init__(self, task: dict, node_id: str, executor: DockerExecutor, report: Report,
+                 container: dict | None = None) -> None:
+        self.task = task
+        self.node_id = node_id
+        self.ex = executor
+        self._report = report
+        self.cid: str | None = container["Id"] if container else None
+        self.observed = task["Status"]["State"]
+        self._wake = asyncio.Event()
+        self._job: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._job = asyncio.create_task(self._run(), name=f"task-{self.task['ID']}")
+
+    def update(self, task: dict) -> None:
+        self.task = task
+        if states.before(self.observed, task["Status"]["State"]):
+            self.observed = task["Status"]["State"]
+        self._wake.set()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def cancel(self) -> None:
+        if self._job:
+            self._job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._job
+
+    async def remove(self) -> None:
+        """The task is gone from the store: remove its container."""
+        await self.cancel()
+        if self.cid:
+            with contextlib.suppress(ExecutorError):
+                await self.ex.remove(self.cid)
+
+    async def report(self, state: str, message: str = "", err: str = "", exit_code: int | None = None,
+                     pid: int = 0) -> None:
+        status: dict = {"Timestamp": now(), "State": state, "Message": message or states.MESSAGES[state]}
+        if err:
+            status["Err"] = err
+        if self.cid:
+            cs: dict = {"ContainerID": self.cid, "PID": pid}
+            if exit_code is not None:
+                cs["ExitCode"] = exit_code
+            status["ContainerStatus"] = cs
+        self.observed = state
+        await self._report(self.task["ID"], status)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except ExecutorError as e:
+                await self._fail(str(e))
+            except Exception as e:
+                log.exception("task %s", self.task["ID"])
+                await self._fail(f"shoal: {e}")
+            await self._wake.wait()
+
+    async def _fail(self, err: str) -> None:
+        state = states.REJECTED if states.before(self.observed, states.RUNNING) else states.FAILED
+        if not states.terminal(self.observed):
+            await self.report(state, err=err)
+
+    async def _step(self) -> None:
+        desired = self.task["DesiredState"]
+        if states.rank(desired) >= states.rank(states.SHUTDOWN):
+            await self._shutdown()
+            return
+        if states.terminal(self.observed):
+            return
+        if states.before(self.observed, states.ACCEPTED):
+            await self.report(states.ACCEPTED)
+        if states.before(self.observed, states.READY) or self.cid is None:
+            if self.cid is None:
+                await self.report(states.PREPARING)
+                self.cid = await self._prepare()
+            await self.report(states.READY)
+        if desired != states.RUNNING:
+            return
+        info = await self.ex.inspect(self.cid) if self.cid else None
+        if info is None:
+            await self.report(states.FAILED if self.observed == states.RUNNING else states.REJECTED,
+                              err="task: container removed")
+            return
+        st = info["State"]
+        if not st.get("Running") and states.before(self.observed, states.RUNNING):
+            if st.get("StartedAt", "").startswith("0001") or not st.get("StartedAt"):
+                await self.report(states.STARTING)
+                await self.ex.start(self.cid)
+                info = await self.ex.inspect(self.cid)
+                if info is None:
+                    return
+                st = info["State"]
+        if st.get("Running"):
+            health = (st.get("Health") or {}).get("Status")
+            if health == "starting":
+                if self.observed != states.STARTING:
+                    await self.report(states.STARTING)
+                asyncio.get_running_loop().call_later(0.5, self._wake.set)
+                return
+            if health == "unhealthy":
+                await self.ex.stop(self.cid, 0)
+                await self.report(states.FAILED, err="task: unhealthy container", exit_code=st.get("ExitCode"))
+                return
+            if self.observed != states.RUNNING:
+                await self.report(states.RUNNING, pid=st.get("Pid", 0))
+            return
+        # the container has exited
+        code = st.get("ExitCode", 0)
+        if code == 0 and not st.get("OOMKilled"):
+            await self.report(states.COMPLETE, exit_code=0)
+        else:
+            err = st.get("Error") or f"task: non-zero exit ({code})"
+            await self.report(states.FAILED, err=err, exit_code=code)
+
+    async def _prepare(self) -> str:
+        image = self.task["Spec"]["ContainerSpec"]["Image"]
+        if not await self.ex.image_present(image):
+            with contextlib.suppress(ExecutorError):
+                await self.ex.pull(image)
+        return await self.ex.create(self.task, self.node_id)
+
+    async def _shutdown(self) -> None:
+        code = None
+        if self.cid:
+            info = await self.ex.inspect(self.cid)
+            if info and info["State"].get("Running"):
+                cs = self.task["Spec"].get("ContainerSpec") or {}
+                grace = (cs.get("StopGracePeriod") or DEFAULT_STOP_GRACE) / 1e9
+                await self.ex.stop(self.cid, grace)
+                info = await self.ex.inspect(self.cid)
+            if info:
+                code = info["State"].get("ExitCode")
+        if not states.terminal(self.observed):
+            await self.report(states.SHUTDOWN, exit_code=code)

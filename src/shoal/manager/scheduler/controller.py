@@ -1,0 +1,82 @@
+"""The scheduler controller: feeds the pure :class:`Scheduler` from the store and writes its
+decisions back (``pending`` → ``assigned`` with a NodeID, or the reason in ``Status.Err``)."""
+
+from __future__ import annotations
+
+from shoal.manager.controller import Controller, commit_all
+from shoal.manager.scheduler.scheduler import Scheduler
+from shoal.model import states
+from shoal.model.ids import now
+from shoal.store.objects import Change, Objects
+
+
+def _schedulable(t: dict) -> bool:
+    return t["Status"]["State"] == states.PENDING and not states.before(states.RUNNING, t["DesiredState"])
+
+
+class SchedulerController(Controller):
+    kinds = ("nodes", "tasks")
+    name = "scheduler"
+
+    def __init__(self, objs: Objects) -> None:
+        super().__init__(objs)
+        self.sched = Scheduler()
+        self.pending: set[str] = set()
+
+    async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
+        tasks = self.objs.cache["tasks"]
+        if changes is None:
+            self.sched = Scheduler()
+            for node in self.objs.list("nodes"):
+                self.sched.add_node(node)
+            for t in tasks.values():
+                self.sched.update_task(t)
+            self.pending = {t["ID"] for t in tasks.values() if _schedulable(t)}
+        else:
+            for kind, oid in changes:
+                if kind == "nodes":
+                    node = self.objs.get("nodes", oid)
+                    if node is None:
+                        self.sched.remove_node(oid)
+                    else:
+                        self.sched.add_node(node)
+                    continue
+                t = tasks.get(oid)
+                if t is None:
+                    self.sched.remove_task(oid)
+                    self.pending.discard(oid)
+                    continue
+                self.sched.update_task(t)
+                if _schedulable(t):
+                    self.pending.add(oid)
+                else:
+                    self.pending.discard(oid)
+        if not self.pending:
+            return
+        batch = []
+        for tid in self.pending:
+            t = tasks.get(tid)
+            if t is not None:
+                batch.append({**t, "ServiceLabels": (t.get("ServiceAnnotations") or {}).get("Labels") or {}})
+        assigned, failed = self.sched.schedule(batch)
+        out: list[Change] = []
+        ts = now()
+        for tid, nid in assigned.items():
+            t = dict(tasks[tid])
+            t["NodeID"] = nid
+            t["Status"] = {**t["Status"], "State": states.ASSIGNED, "Timestamp": ts,
+                           "Message": states.MESSAGES[states.ASSIGNED]}
+            t["Status"].pop("Err", None)
+            t["UpdatedAt"] = ts
+            out.append(Change("tasks", t))
+        for tid, err in failed.items():
+            t = tasks[tid]
+            if t["Status"].get("Err") != err:
+                out.append(Change("tasks", {**t, "Status": {**t["Status"], "Err": err, "Timestamp": ts}}))
+        self.pending.difference_update(assigned)
+        try:
+            await commit_all(self.objs, out)
+        except Exception:
+            for tid in assigned:
+                self.sched.remove_task(tid)
+            raise

@@ -1,0 +1,63 @@
+"""Errors that the API turns into Docker's ``{"message": ...}`` responses."""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    """An error with the HTTP status Docker gives it."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class InvalidArgument(APIError):
+    status = 400
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(f"rpc error: code = InvalidArgument desc = {desc}")
+
+
+class BadRequest(APIError):
+    status = 400
+
+
+class NotFound(APIError):
+    status = 404
+
+
+class Conflict(APIError):
+    status = 409
+
+
+class NameConflict(Conflict):
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(
+            f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
+            f"{kind} {name} already exists"
+        )
+
+
+class OutOfSequence(APIError):
+    status = 400
+
+    def __init__(self) -> None:
+        super().__init__("rpc error: code = Unknown desc = update out of sequence")
+
+
+class Unavailable(APIError):
+    status = 503
+
+
+NOT_A_MANAGER = (
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this '
+    "node to swarm and try again."
+)
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
+    "Please run this command on a manager node or promote the current node to a manager."
+)

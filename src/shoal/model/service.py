@@ -1,0 +1,221 @@
+"""Service specs: validation (swarmkit's messages) and the defaults Docker fills in."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from shoal.model.errors import BadRequest, InvalidArgument
+
+SECOND = 1_000_000_000
+
+# swarmkit api/defaults: what `insertDefaults=true` shows and what the orchestrators act on.
+DEFAULT_RESTART = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0}
+DEFAULT_UPDATE = {
+    "Parallelism": 1, "FailureAction": "pause", "Monitor": 5 * SECOND, "MaxFailureRatio": 0,
+    "Order": "stop-first",
+}
+DEFAULT_STOP_GRACE = 10 * SECOND
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?$")
+_MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster"}
+_RESTART_CONDITIONS = {"none", "on-failure", "any"}
+
+
+def _uint_field(value: Any, go_field: str, go_type: str = "uint64") -> None:
+    """Reject what Go's JSON decoder would refuse for an unsigned integer field."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"json: cannot unmarshal {type(value).__name__} into Go struct field {go_field} "
+                         f"of type {go_type}")
+    if value < 0:
+        raise BadRequest(f"json: cannot unmarshal number {value} into Go struct field {go_field} "
+                         f"of type {go_type}")
+
+
+def mode_of(spec: dict) -> str:
+    """``replicated``, ``global``, ``replicated-job`` or ``global-job``."""
+    mode = spec.get("Mode") or {}
+    for key, name in (("Global", "global"), ("ReplicatedJob", "replicated-job"), ("GlobalJob", "global-job")):
+        if mode.get(key) is not None:
+            return name
+    return "replicated"
+
+
+def replicas_of(spec: dict) -> int:
+    rep = (spec.get("Mode") or {}).get("Replicated")
+    if rep is None:
+        return 1
+    n = rep.get("Replicas")
+    return 1 if n is None else int(n)
+
+
+def validate_spec(spec: Any) -> dict:
+    """Check a ServiceSpec as Docker's daemon does; return it normalised (mode made explicit)."""
+    if not isinstance(spec, dict):
+        raise BadRequest("json: cannot unmarshal into Go value of type swarm.ServiceSpec")
+    spec = copy.deepcopy(spec)
+    name = spec.get("Name") or ""
+    if not name:
+        raise InvalidArgument("meta: name must be provided")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgument(f"name must be valid as a DNS name component: {name!r}"
+                              if isinstance(name, str) else "meta: name must be a string")
+    labels = spec.get("Labels")
+    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
+        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.Labels of type string")
+
+    mode = spec.get("Mode")
+    if mode is not None and not isinstance(mode, dict):
+        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.Mode of type swarm.ServiceMode")
+    mode = mode or {}
+    unknown = set(mode) - {"Replicated", "Global", "ReplicatedJob", "GlobalJob"}
+    if unknown:
+        raise InvalidArgument(f"Mode: unrecognized service mode {sorted(unknown)[0]!r}")
+    if sum(mode.get(k) is not None for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob")) > 1:
+        raise BadRequest("must specify only one service mode")
+    if not any(mode.get(k) is not None for k in ("Global", "ReplicatedJob", "GlobalJob")):
+        rep = mode.get("Replicated") or {}
+        if not isinstance(rep, dict):
+            raise BadRequest("json: cannot unmarshal into Go struct field ServiceMode.Mode.Replicated")
+        _uint_field(rep.get("Replicas"), "ReplicatedService.Mode.Replicated.Replicas")
+        spec["Mode"] = {"Replicated": {"Replicas": 1 if rep.get("Replicas") is None else rep["Replicas"]}}
+
+    tt = spec.get("TaskTemplate")
+    if not isinstance(tt, dict):
+        raise InvalidArgument("ContainerSpec: image reference must be provided")
+    _validate_task_template(tt)
+    for key in ("UpdateConfig", "RollbackConfig"):
+        cfg = spec.get(key)
+        if cfg is None:
+            continue
+        if not isinstance(cfg, dict):
+            raise BadRequest(f"json: cannot unmarshal into Go struct field ServiceSpec.{key}")
+        _uint_field(cfg.get("Parallelism"), f"UpdateConfig.{key}.Parallelism")
+        if (cfg.get("Delay") or 0) < 0:
+            raise InvalidArgument("TaskSpec: update-delay cannot be negative")
+        if (cfg.get("Monitor") or 0) < 0:
+            raise InvalidArgument("TaskSpec: update-monitor cannot be negative")
+        if cfg.get("FailureAction") not in (None, "", "pause", "continue", "rollback"):
+            raise InvalidArgument(f"UpdateConfig: unrecognized failure action {cfg['FailureAction']!r}")
+        if cfg.get("Order") not in (None, "", "stop-first", "start-first"):
+            raise InvalidArgument(f"UpdateConfig: unrecognized order {cfg['Order']!r}")
+    _validate_endpoint(spec.get("EndpointSpec"))
+    return spec
+
+
+def _validate_task_template(tt: dict) -> None:
+    cs = tt.get("ContainerSpec")
+    if tt.get("PluginSpec") is not None or tt.get("NetworkAttachmentSpec") is not None:
+        raise InvalidArgument("TaskSpec: only container runtime is supported")
+    if not isinstance(cs, dict) or not isinstance(cs.get("Image"), str) or not cs.get("Image", "").strip():
+        raise InvalidArgument("ContainerSpec: image reference must be provided")
+    if any(c.isspace() for c in cs["Image"]) or cs["Image"] != cs["Image"].strip():
+        raise InvalidArgument(f"ContainerSpec: {cs['Image']!r} is not a valid repository/tag")
+    for key in ("Args", "Command", "Env"):
+        val = cs.get(key)
+        if val is not None and not (isinstance(val, list) and all(isinstance(x, str) for x in val)):
+            raise BadRequest(f"json: cannot unmarshal into Go struct field ContainerSpec.{key} of type []string")
+    _validate_mounts(cs.get("Mounts") or [])
+    restart = tt.get("RestartPolicy") or {}
+    if restart.get("Condition") not in (None, "", *_RESTART_CONDITIONS):
+        raise InvalidArgument(f"RestartPolicy: unrecognized condition {restart['Condition']!r}")
+    if (restart.get("Delay") or 0) < 0:
+        raise InvalidArgument("TaskSpec: restart-delay cannot be negative")
+    if (restart.get("Window") or 0) < 0:
+        raise InvalidArgument("TaskSpec: restart-window cannot be negative")
+    _uint_field(restart.get("MaxAttempts"), "RestartPolicy.TaskTemplate.RestartPolicy.MaxAttempts")
+    placement = tt.get("Placement") or {}
+    from shoal.manager.scheduler.constraint import validate
+
+    try:
+        validate(placement.get("Constraints") or [])
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    _uint_field(placement.get("MaxReplicas"), "Placement.TaskTemplate.Placement.MaxReplicas")
+    res = tt.get("Resources") or {}
+    for part in ("Limits", "Reservations"):
+        for key in ("NanoCPUs", "MemoryBytes"):
+            if ((res.get(part) or {}).get(key) or 0) < 0:
+                raise InvalidArgument(f"TaskSpec: {part} {key} cannot be negative")
+
+
+def _validate_mounts(mounts: Any) -> None:
+    if not isinstance(mounts, list):
+        raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.Mounts of type []mount.Mount")
+    targets: set[str] = set()
+    for m in mounts:
+        if not isinstance(m, dict):
+            raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.Mounts of type mount.Mount")
+        mtype = m.get("Type") or ""
+        if mtype not in _MOUNT_TYPES:
+            raise InvalidArgument(f"ContainerSpec: invalid mount type {mtype!r}" if mtype
+                                  else "ContainerSpec: mount type must be provided")
+        target = m.get("Target") or ""
+        if not target:
+            raise InvalidArgument(f"ContainerSpec: invalid mount config for type \"{mtype}\": field Target must "
+                                  "not be empty")
+        if not target.startswith("/"):
+            raise InvalidArgument(f"ContainerSpec: invalid mount target, must be an absolute path: {target}")
+        if target in targets:
+            raise InvalidArgument(f"ContainerSpec: duplicate mount point: {target}")
+        targets.add(target)
+        source = m.get("Source") or ""
+        if mtype == "bind":
+            if not source:
+                raise InvalidArgument('ContainerSpec: invalid mount config for type "bind": field Source must '
+                                      "not be empty")
+            if not source.startswith("/"):
+                raise InvalidArgument(f"ContainerSpec: invalid bind mount source, must be an absolute path: {source}")
+        if mtype == "tmpfs" and source:
+            raise InvalidArgument('ContainerSpec: invalid mount config for type "tmpfs": field Source must be empty')
+        if mtype != "volume" and m.get("VolumeOptions"):
+            raise InvalidArgument(f'ContainerSpec: invalid mount config for type "{mtype}": '
+                                  "field VolumeOptions must not be specified")
+
+
+def _validate_endpoint(ep: Any) -> None:
+    if ep is None:
+        return
+    if not isinstance(ep, dict):
+        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.EndpointSpec")
+    if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
+        raise InvalidArgument(f"EndpointSpec: unrecognized mode {ep['Mode']!r}")
+    seen: set[tuple] = set()
+    for p in ep.get("Ports") or []:
+        _uint_field(p.get("TargetPort"), "PortConfig.EndpointSpec.Ports.TargetPort", "uint32")
+        _uint_field(p.get("PublishedPort"), "PortConfig.EndpointSpec.Ports.PublishedPort", "uint32")
+        if p.get("PublishMode", "ingress") == "ingress" and ep.get("Mode") == "dnsrr" and p.get("PublishedPort"):
+            raise InvalidArgument("EndpointSpec: port published with ingress mode can't be used with dnsrr mode")
+        key = (p.get("PublishedPort"), p.get("Protocol") or "tcp")
+        if p.get("PublishedPort") and key in seen:
+            raise InvalidArgument("EndpointSpec: duplicate published ports provided")
+        seen.add(key)
+
+
+def with_defaults(spec: dict) -> dict:
+    """The spec as ``insertDefaults=true`` shows it (and as the orchestrators read it)."""
+    spec = copy.deepcopy(spec)
+    tt = spec.setdefault("TaskTemplate", {})
+    cs = tt.setdefault("ContainerSpec", {})
+    cs.setdefault("StopGracePeriod", DEFAULT_STOP_GRACE)
+    cs.setdefault("DNSConfig", {})
+    cs.setdefault("Isolation", "default")
+    tt.setdefault("Resources", {"Limits": {}, "Reservations": {}})
+    tt["RestartPolicy"] = {**DEFAULT_RESTART, **(tt.get("RestartPolicy") or {})}
+    tt.setdefault("Placement", {})
+    tt.setdefault("ForceUpdate", 0)
+    tt.setdefault("Runtime", "container")
+    if mode_of(spec) in ("replicated", "global"):
+        spec["UpdateConfig"] = {**DEFAULT_UPDATE, **(spec.get("UpdateConfig") or {})}
+        spec["RollbackConfig"] = {**DEFAULT_UPDATE, **(spec.get("RollbackConfig") or {})}
+    ep = spec.setdefault("EndpointSpec", {})
+    ep.setdefault("Mode", "vip")
+    return spec
+
+
+def restart_policy(task_spec: dict) -> dict:
+    """A task's restart policy with defaults applied."""
+    return {**DEFAULT_RESTART, **(task_spec.get("RestartPolicy") or {})}

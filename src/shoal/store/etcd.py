@@ -1,0 +1,453 @@
+"""A :class:`~shoal.store.base.Store` backed by an etcd v3 cluster.
+
+Built on aetcd's gRPC stubs and messages (:mod:`aetcd.rpc`) over our own ``grpc.aio`` channel rather
+than on ``aetcd.Client``: the client has no TLS, its ``transaction()`` drops the response revision
+and its watch yields single events instead of per-revision batches.
+
+Several endpoints may be given; on a connection failure the store moves to the next one. Reads and
+watches are retried there; writes only when the error says the request never reached a server
+(a write that failed ambiguously surfaces as :class:`~shoal.store.base.StoreError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from aetcd import rpc
+
+from shoal.store.base import (
+    KV,
+    CompactedError,
+    Compare,
+    Delete,
+    Event,
+    Op,
+    Put,
+    StoreError,
+    TxnResult,
+)
+
+__all__ = ["EtcdStore"]
+
+T = TypeVar("T")
+
+_MB = 1024 * 1024
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", 512 * _MB),
+    ("grpc.max_send_message_length", 64 * _MB),
+    ("grpc.keepalive_time_ms", 10_000),  # etcd refuses pings more often than every 5 s
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+# Make the member cancel our watches when it loses its leader, so we move to a healthy member.
+_WATCH_METADATA = (("hasleader", "true"),)
+_CODE = grpc.StatusCode
+
+
+class _Disconnected(Exception):
+    """The watch stream ended without an error status."""
+
+
+class _Conn:
+    """One gRPC channel to one endpoint, with the stubs we use."""
+
+    __slots__ = ("endpoint", "channel", "kv", "lease", "watch")
+
+    def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self.kv = rpc.KVStub(channel)
+        self.lease = rpc.LeaseStub(channel)
+        self.watch = rpc.WatchStub(channel)
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, bool]:
+    """``"host:port"`` or ``"http(s)://host:port"`` -> (``"host:port"``, is https)."""
+    if "://" not in endpoint:
+        return endpoint, False
+    url = urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"bad etcd endpoint {endpoint!r}")
+    return url.netloc, url.scheme == "https"
+
+
+def _span(prefix: str) -> tuple[bytes, bytes]:
+    """``[key, range_end)`` covering every key that starts with ``prefix``."""
+    if not prefix:
+        return b"\0", b"\0"  # etcd: all keys
+    start = prefix.encode()
+    end = bytearray(start.rstrip(b"\xff"))
+    if not end:
+        return start, b"\0"
+    end[-1] += 1
+    return start, bytes(end)
+
+
+def _kv(kv: rpc.KeyValue) -> KV:
+    return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+def _event(ev: rpc.Event) -> Event:
+    prev = _kv(ev.prev_kv) if ev.HasField("prev_kv") else None
+    if ev.type == rpc.Event.DELETE:
+        return Event("delete", KV(ev.kv.key.decode(), b"", 0, ev.kv.mod_revision, 0, 0), prev)
+    return Event("put", _kv(ev.kv), prev)
+
+
+def _channel_closed_under_us() -> bool:
+    """grpc.aio raises CancelledError in calls whose channel was closed; tell that from a real cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
+def _store_error(e: grpc.aio.AioRpcError) -> StoreError:
+    return StoreError(f"etcd {e.code().name}: {e.details()}")
+
+
+def _retryable(e: grpc.aio.AioRpcError, idempotent: bool) -> bool:
+    """Whether to try again on the next endpoint."""
+    code = e.code()
+    if code == _CODE.UNAVAILABLE:
+        # "etcdserver: ..." errors (leader changed, request timed out) may have been applied.
+        return idempotent or not (e.details() or "").startswith("etcdserver:")
+    return idempotent and code == _CODE.DEADLINE_EXCEEDED
+
+
+class EtcdStore:
+    """Store on etcd v3.
+
+    ``endpoints``: one or more ``"host:port"`` (or ``http(s)://host:port``). TLS is used when any of
+    ``ca_cert``/``cert``/``key`` (PEM file paths) is given or an endpoint is ``https://``;
+    ``tls_server_name`` overrides the name checked in the server certificate. ``timeout`` bounds
+    each request; a broken watch keeps reconnecting for ``watch_retry`` seconds before it fails.
+    Ranges are read in pages of ``page_size`` keys, all at one revision.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = "127.0.0.1:2379",
+        *,
+        ca_cert: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        tls_server_name: str | None = None,
+        timeout: float = 5.0,
+        watch_retry: float = 10.0,
+        page_size: int = 5000,
+    ) -> None:
+        raw = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not raw:
+            raise ValueError("no etcd endpoints given")
+        parsed = [_parse_endpoint(e) for e in raw]
+        self._endpoints = [host for host, _ in parsed]
+        self._credentials: grpc.ChannelCredentials | None = None
+        if ca_cert or cert or key or any(https for _, https in parsed):
+            if bool(cert) != bool(key):
+                raise ValueError("a client certificate needs its key, and the other way round")
+            try:
+                self._credentials = grpc.ssl_channel_credentials(
+                    root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
+                    private_key=Path(key).read_bytes() if key else None,
+                    certificate_chain=Path(cert).read_bytes() if cert else None,
+                )
+            except OSError as e:
+                raise StoreError(f"cannot read TLS files: {e}") from e
+        self._options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
+        if tls_server_name:
+            self._options.append(("grpc.ssl_target_name_override", tls_server_name))
+        self._timeout = timeout
+        self._watch_retry = watch_retry
+        self._page_size = page_size
+        self._index = 0
+        self._conn: _Conn | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._endpoints)
+
+    # ---- connection handling -----------------------------------------------------------------
+
+    def _connect(self) -> _Conn:
+        if self._closed:
+            raise StoreError("store is closed")
+        conn = self._conn
+        if conn is None:
+            endpoint = self._endpoints[self._index]
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+            conn = self._conn = _Conn(endpoint, channel)
+        return conn
+
+    def _rotate(self, conn: _Conn) -> None:
+        """Drop ``conn`` (if still current) and move on to the next endpoint with a fresh channel."""
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._index = (self._index + 1) % len(self._endpoints)
+        task = asyncio.get_running_loop().create_task(conn.channel.close(grace=1.0))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _call(self, fn: Callable[[_Conn], Awaitable[T]], *, idempotent: bool) -> T:
+        """Run ``fn`` against the current endpoint, failing over on connection errors."""
+        attempts = max(2, len(self._endpoints))
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(attempts):
+            conn = self._connect()
+            try:
+                return await fn(conn)
+            except grpc.aio.AioRpcError as e:
+                if not _retryable(e, idempotent):
+                    raise _store_error(e) from e
+                last = e
+                self._rotate(conn)
+            except asyncio.CancelledError:
+                if not _channel_closed_under_us():
+                    raise
+                if self._closed or not idempotent:
+                    raise StoreError(f"connection to {conn.endpoint} closed during the request") from None
+        assert last is not None
+        tried = ", ".join(self._endpoints)
+        raise StoreError(f"no etcd endpoint answered ({tried}): {last.details()}") from last
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KV | None:
+        async def go(conn: _Conn) -> KV | None:
+            resp = await conn.kv.Range(rpc.RangeRequest(key=key.encode()), timeout=self._timeout)
+            return _kv(resp.kvs[0]) if resp.kvs else None
+
+        return await self._call(go, idempotent=True)
+
+    async def range(self, prefix: str) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` (sorted by key) and the revision they were read at."""
+        start, end = _span(prefix)
+
+        async def go(conn: _Conn) -> tuple[list[KV], int]:
+            out: list[KV] = []
+            rev = 0
+            key = start
+            while True:
+                req = rpc.RangeRequest(key=key, range_end=end, limit=self._page_size, revision=rev)
+                try:
+                    resp = await conn.kv.Range(req, timeout=self._timeout)
+                except grpc.aio.AioRpcError as e:
+                    if rev and e.code() == _CODE.OUT_OF_RANGE:  # pinned revision compacted: restart
+                        out, rev, key = [], 0, start
+                        continue
+                    raise
+                if not rev:
+                    rev = resp.header.revision
+                out.extend(_kv(kv) for kv in resp.kvs)
+                if not resp.more or not resp.kvs:
+                    return out, rev
+                key = resp.kvs[-1].key + b"\0"
+
+        return await self._call(go, idempotent=True)
+
+    async def revision(self) -> int:
+        async def go(conn: _Conn) -> int:
+            req = rpc.RangeRequest(key=b"\0", count_only=True)
+            return (await conn.kv.Range(req, timeout=self._timeout)).header.revision
+
+        return await self._call(go, idempotent=True)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        """Apply ``ops`` atomically if every compare holds; on failure report which compares failed."""
+        req = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=c.key.encode(),
+                    result=rpc.Compare.EQUAL,
+                    target=rpc.Compare.MOD,
+                    mod_revision=c.mod_revision,
+                )
+                for c in compares
+            ],
+            success=[_request_op(op) for op in ops],
+            # On failure read the compared keys back to tell which compare failed.
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=c.key.encode())) for c in compares],
+        )
+
+        async def go(conn: _Conn) -> TxnResult:
+            resp = await conn.kv.Txn(req, timeout=self._timeout)
+            if resp.succeeded:
+                return TxnResult(True, resp.header.revision)
+            failed = []
+            for c, r in zip(compares, resp.responses, strict=True):
+                kvs = r.response_range.kvs
+                if (kvs[0].mod_revision if kvs else 0) != c.mod_revision:
+                    failed.append(c.key)
+            return TxnResult(False, resp.header.revision, failed)
+
+        return await self._call(go, idempotent=False)
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Unconditional put; returns the new revision."""
+        req = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
+
+        async def go(conn: _Conn) -> int:
+            return (await conn.kv.Put(req, timeout=self._timeout)).header.revision
+
+        return await self._call(go, idempotent=False)
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; False if it did not exist."""
+        req = rpc.DeleteRangeRequest(key=key.encode())
+
+        async def go(conn: _Conn) -> bool:
+            return (await conn.kv.DeleteRange(req, timeout=self._timeout)).deleted > 0
+
+        return await self._call(go, idempotent=False)
+
+    async def compact(self, revision: int) -> None:
+        """Compact history before ``revision``; an already compacted revision is a no-op."""
+
+        async def go(conn: _Conn) -> None:
+            try:
+                await conn.kv.Compact(rpc.CompactionRequest(revision=revision), timeout=self._timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == _CODE.OUT_OF_RANGE and "has been compacted" in (e.details() or ""):
+                    return
+                raise
+
+        await self._call(go, idempotent=True)
+
+    # ---- watches -----------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
+        """Batches of events under ``prefix`` from ``start_revision`` (<= 0: from the next revision).
+
+        A broken stream is resumed, possibly on another endpoint, from the revision after the last
+        batch delivered. Raises :class:`CompactedError` if the start revision is compacted.
+        """
+        key, end = _span(prefix)
+        next_rev = max(start_revision, 0)
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None
+        while True:
+            conn = self._connect()
+            call = conn.watch.Watch(metadata=_WATCH_METADATA)
+            try:
+                create = rpc.WatchCreateRequest(key=key, range_end=end, start_revision=next_rev, prev_kv=True)
+                await call.write(rpc.WatchRequest(create_request=create))
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise _Disconnected
+                    if resp.compact_revision:
+                        raise CompactedError(
+                            f"revision {next_rev} is compacted (oldest available {resp.compact_revision})"
+                        )
+                    if resp.canceled:
+                        raise StoreError(f"etcd canceled the watch: {resp.cancel_reason}")
+                    give_up = None
+                    if resp.created and not next_rev:
+                        next_rev = resp.header.revision + 1
+                    batch: list[Event] = []
+                    for ev in resp.events:
+                        rev = ev.kv.mod_revision
+                        if batch and rev != batch[0].kv.mod_revision:
+                            next_rev = batch[0].kv.mod_revision + 1
+                            yield batch
+                            batch = []
+                        batch.append(_event(ev))
+                    if batch:
+                        next_rev = batch[0].kv.mod_revision + 1
+                        yield batch
+            except (grpc.aio.AioRpcError, _Disconnected, asyncio.CancelledError) as e:
+                if isinstance(e, asyncio.CancelledError) and not _channel_closed_under_us():
+                    raise
+                if self._closed:
+                    return
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() not in (
+                    _CODE.UNAVAILABLE,
+                    _CODE.CANCELLED,
+                    _CODE.DEADLINE_EXCEEDED,
+                    _CODE.INTERNAL,
+                ):
+                    raise _store_error(e) from e
+                self._rotate(conn)
+                now = loop.time()
+                if give_up is None:
+                    give_up = now + self._watch_retry
+                elif now > give_up:
+                    raise StoreError(f"watch on {prefix!r} lost its connection to etcd: {e}") from e
+                await asyncio.sleep(0.2)
+            finally:
+                call.cancel()
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int) -> int:
+        """A lease of ``ttl`` seconds (etcd raises very short TTLs to its minimum, ~2 s)."""
+
+        async def go(conn: _Conn) -> int:
+            resp = await conn.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self._timeout)
+            if resp.error:
+                raise StoreError(f"lease grant failed: {resp.error}")
+            return resp.ID
+
+        return await self._call(go, idempotent=False)
+
+    async def lease_keepalive(self, lease: int) -> None:
+        """Refresh the lease once. Raises :class:`StoreError` if it has expired."""
+
+        async def go(conn: _Conn) -> None:
+            call = conn.lease.LeaseKeepAlive(timeout=self._timeout)
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
+                resp = await call.read()
+            finally:
+                call.cancel()
+            if resp is grpc.aio.EOF:
+                raise StoreError("lease keepalive stream closed")
+            if resp.TTL <= 0:
+                raise StoreError(f"lease {lease:x} expired or revoked")
+
+        await self._call(go, idempotent=True)
+
+    async def lease_revoke(self, lease: int) -> None:
+        """Revoke the lease (its keys are deleted); an unknown lease is ignored."""
+
+        async def go(conn: _Conn) -> None:
+            try:
+                await conn.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self._timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != _CODE.NOT_FOUND:
+                    raise
+
+        await self._call(go, idempotent=True)
+
+    async def close(self) -> None:
+        """Close the channel; running watches end."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _request_op(op: Op) -> rpc.RequestOp:
+    if isinstance(op, Put):
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease))
+    if isinstance(op, Delete):
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key.encode()))
+    raise TypeError(f"not a store op: {op!r}")
