@@ -198,3 +198,35 @@ async def test_tls_member_and_store(tmp_path: Path) -> None:
             await anonymous.close()
     finally:
         await m.stop()
+
+
+async def test_three_member_cluster_survives_losing_one(tmp_path: Path) -> None:
+    names = ["m1", "m2", "m3"]
+    peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    cluster = ",".join(f"{n}={url}" for n, url in peers.items())
+    clients = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    members = [EtcdMember(n, tmp_path / n, clients[n], peers[n], cluster, "new") for n in names]
+    await asyncio.gather(*(m.start() for m in members))  # each waits for a quorum
+    s = EtcdStore([m.client_endpoint for m in members], timeout=3.0)
+    try:
+        rev = await s.put("/ha/a", b"1")
+        watch = aiter(s.watch("/ha/", rev + 1))
+        first = asyncio.create_task(anext(watch))
+        await asyncio.sleep(0.3)
+        await members[0].stop()  # the endpoint the store is talking to
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while True:  # a write may fail while a new leader is elected
+            try:
+                await s.put("/ha/b", b"2")
+                break
+            except StoreError:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.2)
+        assert (await s.get("/ha/a")).value == b"1"  # type: ignore[union-attr]
+        batch = await asyncio.wait_for(first, 15)
+        assert [e.kv.key for e in batch] == ["/ha/b"]
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await s.close()
+        await asyncio.gather(*(m.stop(grace=3.0) for m in members))  # no quorum left: may be slow

@@ -188,9 +188,33 @@ class EtcdMember:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "etcd.pid"
+
+    async def _reap_stale(self) -> None:
+        """An etcd we started before shoald was killed may still hold the data dir and ports: stop it
+        (by the PID we recorded, and only if it still is our etcd on this data dir)."""
+        try:
+            pid = int(self.pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if f"--data-dir={self.data_dir}".encode() not in cmdline:
+            return
+        log.info("stopping etcd pid %d left from an earlier run", pid)
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            for _ in range(int(wait / 0.05)):
+                if not Path(f"/proc/{pid}").exists() or b"(etcd) Z" in _stat(pid):
+                    return
+                await asyncio.sleep(0.05)
+
     async def _launch(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # etcd insists on it
+        await self._reap_stale()
         with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 - opening a log file is instant
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(),
@@ -199,6 +223,7 @@ class EtcdMember:
                 stderr=logf,
                 start_new_session=True,  # keep terminal signals (Ctrl-C) away from etcd
             )
+        self.pid_path.write_text(str(self._proc.pid))
         log.info("etcd member %s started, pid %d", self.name, self._proc.pid)
 
     async def _supervise(self) -> None:
@@ -249,3 +274,10 @@ class EtcdMember:
         except OSError:
             return "(no log)"
         return "\n".join(tail)
+
+
+def _stat(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return b""

@@ -122,9 +122,8 @@ class Orchestrator(Controller):
     def _kept_dead(self, svc: dict, group: list[dict]) -> bool:
         """The group's newest task stopped and its policy says not to restart: it keeps its place."""
         last = max(group, key=_created)
-        return (not runnable(last) and last["DesiredState"] == states.SHUTDOWN
-                and states.terminal(observed(last)) and not is_dirty(svc, last)
-                and not should_restart(last, group))
+        return (last["DesiredState"] != states.REMOVE and states.terminal(observed(last))
+                and not is_dirty(svc, last) and not should_restart(last, group))
 
     def _promote(self, live: list[dict], tasks_by_id: dict[str, dict], out: list[Change]) -> None:
         for t in live:
@@ -144,9 +143,15 @@ class Orchestrator(Controller):
                 if order == "start-first" and old_id in tasks_by_id and runnable(tasks_by_id[old_id]):
                     out.append(Change("tasks", set_desired(tasks_by_id[old_id], states.SHUTDOWN)))
                 del inflight[key]
+                self._last_batch[sid] = time.monotonic()
         dirty = [k for k, g in groups.items() if g and is_dirty(svc, g[-1]) and k not in inflight]
         status = svc.get("UpdateStatus") or {}
         if not dirty and not inflight:
+            # like swarmkit, the update completes once the last new task has run for Monitor
+            last = self._last_batch.get(sid)
+            monitor = (cfg.get("Monitor") or 0) / 1e9
+            if last is not None and status.get("State") == "updating" and time.monotonic() - last < monitor:
+                return
             self._last_batch.pop(sid, None)
             if status.get("State") == "updating":
                 self._set_update_status(svc, "completed", "update completed", out)

@@ -1,0 +1,110 @@
+"""The Engine-API server: swarm endpoints answered by shoal, everything else proxied to the engine.
+
+Paths may carry a version prefix (``/v1.41/...``); it is stripped before routing. Errors are Docker's
+``{"message": ...}`` with Docker's status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from shoal.model.errors import APIError, BadRequest, Unavailable
+
+if TYPE_CHECKING:
+    from shoal.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+_VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+MIN_API = (1, 24)
+MAX_API = (1, 50)
+
+_routes: list[tuple[str, re.Pattern, Handler, bool]] = []
+
+
+def route(method: str, pattern: str, manager: bool = True) -> Callable[[Handler], Handler]:
+    """Register a handler for ``method`` and a path pattern with ``{name}`` parts.
+    ``manager``: the endpoint needs this node to be an active swarm manager."""
+    rx = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+    def deco(fn: Handler) -> Handler:
+        _routes.append((method, rx, fn, manager))
+        return fn
+
+    return deco
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(message: str, status: int) -> web.Response:
+    return json_response({"message": message}, status)
+
+
+async def read_json(request: web.Request) -> Any:
+    body = await request.read()
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise BadRequest(f"invalid JSON: {e}") from None
+
+
+def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
+    m = _VERSION.match(path)
+    if not m:
+        return None, path
+    return (int(m.group(1)), int(m.group(2))), m.group(3)
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    from shoal.api import nodes, services, swarm, system, tasks  # noqa: F401  (register routes)
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        version, path = split_version(request.path)
+        if version is not None and version < MIN_API:
+            return error_response(
+                f"client version {version[0]}.{version[1]} is too old. Minimum supported API version "
+                f"is {MIN_API[0]}.{MIN_API[1]}, please upgrade your client to a newer version", 400)
+        if version is not None and version > MAX_API:
+            return error_response(
+                f"client version {version[0]}.{version[1]} is too new. Maximum supported API version "
+                f"is {MAX_API[0]}.{MAX_API[1]}", 400)
+        request["api_version"] = version or MAX_API
+        for method, rx, fn, manager in _routes:
+            if method != request.method and not (method == "GET" and request.method == "HEAD"):
+                continue
+            m = rx.match(path)
+            if not m:
+                continue
+            try:
+                if manager:
+                    daemon.require_manager()
+                return await fn(daemon, request, **m.groupdict())
+            except APIError as e:
+                return error_response(e.message, e.status)
+            except web.HTTPException:
+                raise
+            except Exception as e:  # a bug: say so in Docker's shape rather than drop the connection
+                log.exception("%s %s", request.method, request.path)
+                return error_response(f"shoal: internal error: {e}", 500)
+        return await daemon.proxy.handle(request)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+def not_manager(daemon: Daemon) -> Unavailable:
+    from shoal.model.errors import NOT_A_MANAGER, WORKER_NOT_MANAGER
+
+    return Unavailable(WORKER_NOT_MANAGER if daemon.state == "active" else NOT_A_MANAGER)

@@ -1,0 +1,51 @@
+"""``/swarm``: init, inspect, update, leave."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from shoal.api.server import json_response, read_json, route
+from shoal.model.errors import BadRequest
+
+if TYPE_CHECKING:
+    from shoal.daemon import Daemon
+
+
+@route("POST", "/swarm/init", manager=False)
+async def init(daemon: Daemon, request: web.Request) -> web.Response:
+    body = await read_json(request) or {}
+    if not isinstance(body, dict):
+        raise BadRequest("json: cannot unmarshal into Go value of type swarm.InitRequest")
+    node_id = await daemon.init_swarm(body)
+    return json_response(node_id)
+
+
+@route("GET", "/swarm")
+async def inspect(daemon: Daemon, request: web.Request) -> web.Response:
+    return json_response(daemon.cluster_view(with_tokens=True))
+
+
+@route("POST", "/swarm/update")
+async def update(daemon: Daemon, request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("json: cannot unmarshal into Go value of type swarm.Spec")
+    q = request.rel_url.query
+    if "version" not in q:
+        raise BadRequest("invalid swarm version '': strconv.ParseUint: parsing \"\": invalid syntax")
+    try:
+        version = int(q["version"])
+    except ValueError:
+        raise BadRequest(f"invalid swarm version '{q['version']}'") from None
+    await daemon.update_swarm(body, version, rotate_worker=q.get("rotateWorkerToken") in ("1", "true"),
+                              rotate_manager=q.get("rotateManagerToken") in ("1", "true"))
+    return web.Response(status=200)
+
+
+@route("POST", "/swarm/leave", manager=False)
+async def leave(daemon: Daemon, request: web.Request) -> web.Response:
+    force = request.rel_url.query.get("force") in ("1", "true", "True")
+    await daemon.leave(force)
+    return web.Response(status=200)

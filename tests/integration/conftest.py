@@ -1,0 +1,176 @@
+"""Fixtures: a real shoald (with its etcd) beside the machine's real dockerd, driven by the real
+docker CLI and docker-py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOAL = [sys.executable, "-m", "shoal.cli"]
+DOCKER_V28 = "/usr/local/bin/docker"
+DOCKER_V20 = "/usr/bin/docker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Shoald:
+    """One shoald process with its own data dir, socket and etcd ports."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.sock = str(root / "shoal.sock")
+        self.log = root / "shoald.log"
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [*SHOAL, "daemon", "--data-dir", str(self.data), "--socket", self.sock,
+                 "--etcd-client-port", str(self.client_port), "--etcd-peer-port", str(self.peer_port)],
+                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                status, _, _ = self.request("GET", "/_ping")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"shoald did not come up; log:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def etcd_pid(self) -> int | None:
+        try:
+            pid = int((self.data / "etcd" / "etcd.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if Path(f"/proc/{pid}").exists() else None
+
+    def stop(self) -> None:
+        """Leave the swarm (removing task containers), then stop shoald and any etcd it left."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.request("POST", "/swarm/leave?force=1", timeout=60)
+            except OSError:
+                pass
+            self.kill(signal.SIGTERM)
+        pid = self.etcd_pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+    def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
+                timeout: float = 30) -> tuple[int, dict, object]:
+        conn = UnixHTTPConnection(self.sock, timeout)
+        try:
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            try:
+                parsed = json.loads(payload) if payload else None
+            except ValueError:
+                parsed = payload.decode(errors="replace")
+            return resp.status, dict(resp.getheaders()), parsed
+        finally:
+            conn.close()
+
+    def docker(self, *args: str, cli: str = DOCKER_V28, check: bool = True, timeout: float = 120,
+               ) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DOCKER_HOST": self.host}
+        cp = subprocess.run([cli, *args], capture_output=True, text=True, env=env, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({cp.returncode}):\n{cp.stdout}\n{cp.stderr}")
+        return cp
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.host, timeout=60)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def shoald(docker_engine) -> Iterator[Shoald]:
+    """A shoald that has run ``docker swarm init``."""
+    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
+        d = Shoald(Path(tmp))
+        d.start()
+        try:
+            d.docker("swarm", "init")
+            yield d
+        finally:
+            d.stop()
+
+
+@pytest.fixture
+def fresh_shoald(docker_engine) -> Iterator[Shoald]:
+    """A shoald that is not in a swarm."""
+    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
+        d = Shoald(Path(tmp))
+        d.start()
+        try:
+            yield d
+        finally:
+            d.stop()
+
+
+def running_containers(engine: docker.DockerClient, service: str, **filters: str) -> list:
+    """The service's running containers (retrying when one vanishes while being listed)."""
+    for _ in range(20):
+        try:
+            return engine.containers.list(filters={"label": f"com.docker.swarm.service.name={service}",
+                                                   "status": "running", **filters})
+        except docker.errors.NotFound:
+            time.sleep(0.1)
+    raise AssertionError("containers kept vanishing while listed")

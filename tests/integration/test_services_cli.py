@@ -1,0 +1,225 @@
+"""The core scenario with the real docker CLI: replicated services as real containers, kept at
+their count, scaled, updated and removed."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from conftest import DOCKER_V20, running_containers, wait_for
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "shoal/demo-web:latest"
+
+
+def _ps(shoald, service: str) -> list[dict]:
+    out = shoald.docker("service", "ps", "--no-trunc", "--format", "{{json .}}", service).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _tasks(shoald, service: str) -> list[dict]:
+    status, _, body = shoald.request("GET", "/tasks?filters=" + json.dumps({"service": [service]}))
+    assert status == 200
+    return body
+
+
+def test_create_four_replicas(shoald, docker_engine):
+    cp = shoald.docker("service", "create", "--name", "web4", "--replicas", "4", IMAGE)
+    assert re.search(r"verify: Service \S+ converged", cp.stdout)
+    ls = shoald.docker("service", "ls", "--format", "{{.Name}} {{.Replicas}} {{.Mode}}").stdout
+    assert "web4 4/4 replicated" in ls
+    rows = _ps(shoald, "web4")
+    assert len(rows) == 4
+    hostname = docker_engine.info()["Name"]
+    assert all(r["CurrentState"].startswith("Running") and r["DesiredState"] == "Running" for r in rows)
+    assert all(r["Node"] == hostname for r in rows)
+    assert sorted(r["Name"] for r in rows) == [f"web4.{i}" for i in range(1, 5)]
+    containers = running_containers(docker_engine, "web4")
+    assert len(containers) == 4
+    for c in containers:
+        labels = c.labels
+        task_id = labels["com.docker.swarm.task.id"]
+        assert c.name == labels["com.docker.swarm.task.name"]
+        assert c.name.startswith("web4.") and c.name.endswith(task_id)
+        assert labels["com.docker.swarm.service.name"] == "web4"
+        assert labels["com.docker.swarm.node.id"]
+    # the same containers, seen through shoald's proxy with `docker ps` and answering HTTP
+    ps = shoald.docker("ps", "--filter", "label=com.docker.swarm.service.name=web4", "--format", "{{.Names}}").stdout
+    assert sorted(ps.split()) == sorted(c.name for c in containers)
+    answer = shoald.docker("exec", containers[0].id, "wget", "-qO-", "http://127.0.0.1/").stdout
+    assert containers[0].id[:12] in answer
+
+
+def test_killed_container_is_replaced_in_its_slot(shoald, docker_engine):
+    shoald.docker("service", "create", "-d", "--name", "phoenix", "--replicas", "2",
+                  "--restart-delay", "1s", IMAGE)
+    wait_for(lambda: len(running_containers(docker_engine, "phoenix")) == 2, 30, what="2 running")
+    victim = running_containers(docker_engine, "phoenix")[0]
+    slot = victim.name.split(".")[1]
+    killed_at = time.time()
+    victim.kill()
+
+    def replaced():
+        for c in running_containers(docker_engine, "phoenix"):
+            if c.name.split(".")[1] == slot and c.id != victim.id:
+                return c
+        return None
+
+    new = wait_for(replaced, 1 + 2 + 5, interval=0.1, what="a new task in the same slot")
+    assert time.time() - killed_at < 1 + 2 + 1  # restart delay + 2 s (+1 s polling slack)
+    assert new.name != victim.name
+    rows = _ps(shoald, "phoenix")
+    old = [r for r in rows if r["ID"] == victim.labels["com.docker.swarm.task.id"]]
+    assert old and old[0]["CurrentState"].startswith("Failed") and old[0]["DesiredState"] == "Shutdown"
+    assert "non-zero exit (137)" in old[0]["Error"]
+
+
+def test_default_restart_delay_is_five_seconds(shoald, docker_engine):
+    shoald.docker("service", "create", "-d", "--name", "slowphoenix", IMAGE)
+    wait_for(lambda: len(running_containers(docker_engine, "slowphoenix")) == 1, 30)
+    victim = running_containers(docker_engine, "slowphoenix")[0]
+    victim.kill()
+    time.sleep(3)
+    assert running_containers(docker_engine, "slowphoenix") == []
+    wait_for(lambda: len(running_containers(docker_engine, "slowphoenix")) == 1, 5 + 2, interval=0.1,
+             what="restart after the 5 s default delay")
+
+
+def test_scale_update_and_remove(shoald, docker_engine):
+    shoald.docker("service", "create", "-d", "--name", "scaly", "--replicas", "4", IMAGE)
+    wait_for(lambda: len(running_containers(docker_engine, "scaly")) == 4, 30)
+    shoald.docker("service", "scale", "scaly=2")
+    wait_for(lambda: len(running_containers(docker_engine, "scaly")) == 2, 15, what="scale down to 2")
+    assert "2/2" in shoald.docker("service", "ls", "--filter", "name=scaly").stdout
+    shoald.docker("service", "scale", "scaly=6")
+    wait_for(lambda: len(running_containers(docker_engine, "scaly")) == 6, 30, what="scale up to 6")
+    slots = sorted(int(c.name.split(".")[1]) for c in running_containers(docker_engine, "scaly"))
+    assert len(set(slots)) == 6
+
+    before = {c.id for c in running_containers(docker_engine, "scaly")}
+    cp = shoald.docker("service", "update", "--env-add", "X=1", "scaly")
+    assert "verify: Service scaly converged" in cp.stdout
+    after = running_containers(docker_engine, "scaly")
+    assert len(after) == 6 and not before & {c.id for c in after}
+    for c in after:
+        assert "X=1" in c.attrs["Config"]["Env"]
+
+    shoald.docker("service", "rm", "scaly")
+    gone_at = time.time()
+    wait_for(lambda: docker_engine.api.containers(
+        all=True, filters={"label": "com.docker.swarm.service.name=scaly"}) == [], 5, what="containers removed")
+    assert time.time() - gone_at <= 5
+    assert shoald.docker("service", "ps", "scaly", check=False).returncode != 0
+
+
+def test_global_mode_runs_one_task_on_the_node(shoald, docker_engine):
+    shoald.docker("service", "create", "--name", "everywhere", "--mode", "global", IMAGE)
+    assert len(running_containers(docker_engine, "everywhere")) == 1
+    ls = shoald.docker("service", "ls", "--filter", "name=everywhere", "--format", "{{.Mode}} {{.Replicas}}").stdout
+    assert ls.strip() == "global 1/1"
+    c = running_containers(docker_engine, "everywhere")[0]
+    node_id = c.labels["com.docker.swarm.node.id"]
+    assert c.name.startswith(f"everywhere.{node_id}.")
+
+
+def test_restart_condition_none_leaves_exited_task(shoald, docker_engine):
+    shoald.docker("service", "create", "-d", "--name", "oneshot", "--restart-condition", "none",
+                  "shoal/demo-busybox:latest", "sh", "-c", "sleep 1; exit 3")
+
+    def finished():
+        rows = _ps(shoald, "oneshot")
+        return rows if rows and rows[0]["CurrentState"].startswith("Failed") else None
+
+    rows = wait_for(finished, 30, what="the task to fail")
+    time.sleep(3)
+    rows = _ps(shoald, "oneshot")
+    assert len(rows) == 1, rows
+    assert "non-zero exit (3)" in rows[0]["Error"]
+    assert "0/1" in shoald.docker("service", "ls", "--filter", "name=oneshot").stdout
+
+
+def test_container_spec_reaches_the_container(shoald, docker_engine):
+    shoald.docker(
+        "service", "create", "--name", "specced", "--env", "A=b", "--workdir", "/tmp", "--user", "nobody",
+        "--hostname", "myhost", "--container-label", "team=blue", "--read-only", "--init",
+        "--stop-signal", "SIGUSR1", "--stop-grace-period", "7s", "--cap-add", "NET_ADMIN",
+        "--sysctl", "net.ipv4.ip_forward=1", "--ulimit", "nofile=1024:2048",
+        "--health-cmd", "true", "--health-interval", "1s",
+        "--mount", "type=tmpfs,target=/scratch", "--mount", "type=volume,source=specced-vol,target=/data",
+        "--mount", "type=volume,target=/anon,volume-nocopy",
+        "shoal/demo-busybox:latest", "sleep", "3600")
+    c = running_containers(docker_engine, "specced")[0]
+    cfg, host = c.attrs["Config"], c.attrs["HostConfig"]
+    assert "A=b" in cfg["Env"] and cfg["WorkingDir"] == "/tmp" and cfg["User"] == "nobody"
+    assert cfg["Hostname"] == "myhost" and cfg["Labels"]["team"] == "blue"
+    assert cfg["StopSignal"] == "SIGUSR1" and cfg["StopTimeout"] == 7
+    assert cfg["Cmd"] == ["sleep", "3600"]
+    assert host["ReadonlyRootfs"] and host["Init"]
+    assert any(cap.endswith("NET_ADMIN") for cap in host["CapAdd"])
+    assert host["Sysctls"] == {"net.ipv4.ip_forward": "1"}
+    assert host["Ulimits"][0]["Name"] == "nofile" and host["Ulimits"][0]["Hard"] == 2048
+    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
+    mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+    assert mounts["/data"]["Name"] == "specced-vol" and mounts["/data"]["Type"] == "volume"
+    assert mounts["/anon"]["Type"] == "volume"
+    assert any(m["Target"] == "/scratch" and m["Type"] == "tmpfs" for m in host["Mounts"])
+    assert docker_engine.volumes.get("specced-vol")
+
+
+def test_missing_bind_source_rejects_the_task(shoald):
+    cp = shoald.docker("service", "create", "--name", "badbind", "--detach", "--mount",
+                       "type=bind,source=/nonexistent/shoal-src,target=/x", IMAGE)
+    assert cp.returncode == 0
+
+    def rejected():
+        rows = _ps(shoald, "badbind")
+        return [r for r in rows if r["CurrentState"].startswith("Rejected")]
+
+    rows = wait_for(rejected, 30, what="a rejected task")
+    assert ('invalid mount config for type "bind": bind source path does not exist: /nonexistent/shoal-src'
+            in rows[0]["Error"])
+    shoald.docker("service", "rm", "badbind")
+
+
+def test_image_that_cannot_be_pulled_is_rejected(shoald):
+    shoald.docker("service", "create", "-d", "--name", "noimage", "shoal/does-not-exist:1")
+
+    def rejected():
+        return [r for r in _ps(shoald, "noimage") if r["CurrentState"].startswith("Rejected")]
+
+    rows = wait_for(rejected, 60, what="a rejected task")
+    assert "shoal/does-not-exist:1" in rows[0]["Error"]
+    shoald.docker("service", "rm", "noimage")
+
+
+def test_node_ls_and_inspect(shoald, docker_engine):
+    out = shoald.docker("node", "ls", "--format", "{{.Self}} {{.Hostname}} {{.Status}} {{.Availability}} "
+                        "{{.ManagerStatus}} {{.EngineVersion}}").stdout.strip()
+    info = docker_engine.info()
+    assert out == f"true {info['Name']} Ready Active Leader {info['ServerVersion']}"
+    node = json.loads(shoald.docker("node", "inspect", "self").stdout)[0]
+    assert node["Description"]["Resources"]["NanoCPUs"] == info["NCPU"] * 10**9
+    assert node["Spec"]["Role"] == "manager"
+    sw = json.loads(shoald.docker("info", "--format", "{{json .Swarm}}").stdout)
+    assert sw["LocalNodeState"] == "active" and sw["ControlAvailable"] and sw["Managers"] == 1
+
+
+def test_v20_client(shoald, docker_engine):
+    cp = shoald.docker("service", "create", "--name", "oldcli", "--replicas", "2", IMAGE, cli=DOCKER_V20)
+    assert "converged" in cp.stdout + cp.stderr
+    assert "2/2" in shoald.docker("service", "ls", cli=DOCKER_V20).stdout
+    assert len(shoald.docker("service", "ps", "-q", "oldcli", cli=DOCKER_V20).stdout.split()) == 2
+    shoald.docker("service", "rm", "oldcli", cli=DOCKER_V20)
+
+
+def test_ping_headers(shoald):
+    status, headers, body = shoald.request("GET", "/_ping")
+    assert status == 200 and body == "OK"
+    assert headers["Swarm"] == "active/manager" and headers["Ostype"] == "linux"
+    assert headers["Api-Version"].startswith("1.")
+    status, _, _ = shoald.request("GET", "/v1.41/services")
+    assert status == 200
+
