@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from shoal.model.errors import APIError, BadRequest, Unavailable
+from shoal.store.base import StoreError
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -42,7 +43,9 @@ def route(method: str, pattern: str, manager: bool = True) -> Callable[[Handler]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+    # exactly "application/json": the docker CLI only parses error bodies with that content type
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        headers={"Content-Type": "application/json"})
 
 
 def error_response(message: str, status: int) -> web.Response:
@@ -92,6 +95,8 @@ def make_app(daemon: Daemon) -> web.Application:
                 return await fn(daemon, request, **m.groupdict())
             except APIError as e:
                 return error_response(e.message, e.status)
+            except StoreError as e:
+                return error_response(f"shoal: the cluster store is unavailable, try again: {e}", 503)
             except web.HTTPException:
                 raise
             except Exception as e:  # a bug: say so in Docker's shape rather than drop the connection

@@ -70,7 +70,10 @@ def validate_spec(spec: Any) -> dict:
     mode = spec.get("Mode")
     if mode is not None and not isinstance(mode, dict):
         raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.Mode of type swarm.ServiceMode")
-    mode = mode or {}
+    # Go's JSON decoder matches field names case-insensitively (docker-py sends "replicated")
+    canon = {k.lower(): k for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob")}
+    mode = {canon.get(k.lower(), k): v for k, v in (mode or {}).items()}
+    spec["Mode"] = mode
     unknown = set(mode) - {"Replicated", "Global", "ReplicatedJob", "GlobalJob"}
     if unknown:
         raise InvalidArgument(f"Mode: unrecognized service mode {sorted(unknown)[0]!r}")

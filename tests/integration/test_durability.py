@@ -1,0 +1,81 @@
+"""Nothing is lost when a process is killed: shoald restarts re-adopt, etcd restarts under shoald."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Shoald, running_containers, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_shoald(docker_engine):
+    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
+        d = Shoald(Path(tmp))
+        d.start()
+        d.docker("swarm", "init")
+        try:
+            yield d
+        finally:
+            d.stop()
+
+
+def _task_ids(shoald) -> set[str]:
+    _, _, tasks = shoald.request("GET", "/tasks")
+    return {t["ID"] for t in tasks if t["DesiredState"] == "running"}
+
+
+def test_shoald_sigkill_restart_readopts(own_shoald, docker_engine):
+    d = own_shoald
+    d.docker("service", "create", "--name", "durable", "--replicas", "3", "shoal/demo-web:latest")
+    containers = {c.id for c in running_containers(docker_engine, "durable")}
+    assert len(containers) == 3
+    tasks = _task_ids(d)
+    _, _, services = d.request("GET", "/services")
+    d.kill(signal.SIGKILL)
+    d.start()
+    _, _, services_after = d.request("GET", "/services")
+    assert [s["ID"] for s in services_after] == [s["ID"] for s in services]
+    assert _task_ids(d) == tasks
+    # a few seconds of reconciliation later: the same containers, no duplicates
+    wait_for(lambda: "3/3" in d.docker("service", "ls").stdout, 20)
+    time.sleep(3)
+    assert {c.id for c in running_containers(docker_engine, "durable")} == containers
+    all_containers = docker_engine.api.containers(all=True, filters={"label": "com.docker.swarm.service.name=durable"})
+    assert len(all_containers) == 3
+    # and it still works: scale up
+    d.docker("service", "scale", "durable=4")
+    assert len(running_containers(docker_engine, "durable")) == 4
+
+
+def test_etcd_killed_is_restarted_nothing_lost(own_shoald, docker_engine):
+    d = own_shoald
+    d.docker("service", "create", "-d", "--name", "keepme", "shoal/demo-web:latest")
+    pid = d.etcd_pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (d.etcd_pid() or pid) != pid, 15, what="a new etcd pid")
+    # writes answer again once etcd is back (a write during its restart gets a 503)
+    wait_for(lambda: d.docker("service", "create", "--name", "afterkill", "shoal/demo-web:latest",
+                              check=False).returncode == 0, 20, interval=0.5, what="a write after the restart")
+    assert len(running_containers(docker_engine, "afterkill")) == 1
+    names = d.docker("service", "ls", "--format", "{{.Name}}").stdout.split()
+    assert sorted(names) == ["afterkill", "keepme"]
+
+
+def test_leave_removes_task_containers(own_shoald, docker_engine):
+    d = own_shoald
+    d.docker("service", "create", "--name", "leaver", "--replicas", "2", "shoal/demo-web:latest")
+    assert len(running_containers(docker_engine, "leaver")) == 2
+    cp = d.docker("swarm", "leave", check=False)
+    assert cp.returncode != 0 and "--force" in cp.stderr
+    d.docker("swarm", "leave", "--force")
+    assert docker_engine.api.containers(all=True, filters={"label": "com.docker.swarm.service.name=leaver"}) == []
+    _, headers, _ = d.request("GET", "/_ping")
+    assert headers["Swarm"] == "inactive"
