@@ -32,5 +32,6 @@ down:
 bench:
 	@for f in benchmarks/*.py; do \
 		[ -e "$$f" ] || continue; \
+		case "$$(basename "$$f")" in _*) continue;; esac; \
 		echo "== $$f"; $(VENV)/python "$$f" || exit 1; \
 	done

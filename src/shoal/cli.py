@@ -35,13 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--engine", default="/var/run/docker.sock", help="the local Docker Engine's socket")
     d.add_argument("--etcd-client-port", type=int, default=2379)
     d.add_argument("--etcd-peer-port", type=int, default=2380)
+    d.add_argument("--listen-addr", default="", help="cluster port address (default: as swarm init/join says)")
+    d.add_argument("--advertise-addr", default="", help="address other nodes reach this one at")
     d.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "daemon":
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         opts = Options(data_dir=Path(args.data_dir), socket=args.socket, engine=args.engine,
-                       etcd_client_port=args.etcd_client_port, etcd_peer_port=args.etcd_peer_port)
+                       etcd_client_port=args.etcd_client_port, etcd_peer_port=args.etcd_peer_port,
+                       listen_addr=args.listen_addr, advertise_addr=args.advertise_addr)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_run_daemon(opts))
     return 0

@@ -19,15 +19,18 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.session import RemoteSession
+from shoal.api.cluster import make_cluster_app
 from shoal.api.proxy import EngineProxy
 from shoal.api.server import make_app, not_manager
 from shoal.manager.allocator import Allocator
-from shoal.manager.ca import join_token, make_root_ca, tls_info
-from shoal.manager.dispatcher import LocalSession
+from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
+from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.orchestrator.orchestrator import Orchestrator
 from shoal.manager.reaper import Reaper
 from shoal.manager.scheduler.controller import SchedulerController
@@ -36,6 +39,7 @@ from shoal.model.ids import new_id, now
 from shoal.model.service import SECOND
 from shoal.store.etcd_member import EtcdMember
 from shoal.store.objects import Objects
+from shoal.tls import NodeTLS, ca_only_context, insecure_context, key_pem, make_csr, new_key, sign_csr
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,14 @@ def detect_addr() -> str:
     return "127.0.0.1"
 
 
+def split_addr(value: str, default_port: int = 2377) -> tuple[str, int]:
+    """``host[:port]`` → (host, port); an empty host stays empty."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        return value, default_port
+    return host.strip("[]"), int(port)
+
+
 @dataclass
 class Options:
     data_dir: Path = Path("/var/lib/shoal")
@@ -84,6 +96,8 @@ class Options:
     engine: str = "/var/run/docker.sock"
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
+    listen_addr: str = ""  # cluster port; overrides the request's default 0.0.0.0:2377
+    advertise_addr: str = ""  # used when a request names none
 
 
 class Daemon:
@@ -93,19 +107,30 @@ class Daemon:
         self.state = "inactive"
         self.role = "worker"
         self.node_id = ""
-        self.addr = ""
-        self.objs: Objects | None = None  # type: ignore[assignment]
+        self.addr = ""  # advertised IP
+        self.cluster_port = 2377
+        self.listen = ""
+        self.managers: list[str] = []  # host:port of managers' cluster ports
+        self.objs: Objects = None  # type: ignore[assignment]  # only on managers
         self.etcd: EtcdMember | None = None
         self.executor: DockerExecutor | None = None
+        self.session: RemoteSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.tls = NodeTLS(opts.data_dir / "certificates")
         self._tasks: list[asyncio.Task] = []
-        self._session: LocalSession | None = None
         self._lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        self._cluster_runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def state_file(self) -> Path:
         return self.opts.data_dir / "state.json"
+
+    def _save_state(self) -> None:
+        self.state_file.write_text(json.dumps({
+            "node_id": self.node_id, "role": self.role, "addr": self.addr, "port": self.cluster_port,
+            "listen": self.listen, "managers": self.managers}))
 
     async def start(self) -> None:
         self.opts.data_dir.mkdir(parents=True, exist_ok=True)
@@ -116,10 +141,12 @@ class Daemon:
         if self.state_file.exists():
             st = json.loads(self.state_file.read_text())
             self.node_id, self.role, self.addr = st["node_id"], st["role"], st.get("addr", "")
-            await self._start_store(new=False)
+            self.cluster_port, self.listen = st.get("port", 2377), st.get("listen", "")
+            self.managers = st.get("managers", [])
+            if self.role == "manager":
+                await self._start_store(new=False)
             await self._start_roles()
             self.state = "active"
-            await self._mark_ready()
         await self._serve()
 
     async def _serve(self) -> None:
@@ -138,14 +165,10 @@ class Daemon:
         await self._stop_roles()
         if self._runner:
             await self._runner.cleanup()
-        if self.objs:
-            await self.objs.stop()
-            await self.objs.store.close()
-        if self.etcd:
-            await self.etcd.stop()
+        await self._stop_store()
         await self.proxy.close()
 
-    # -- store ----------------------------------------------------------------------------------
+    # -- store (managers) ---------------------------------------------------------------------------
     async def _start_store(self, new: bool) -> None:
         edir = self.opts.data_dir / "etcd"
         client = f"http://127.0.0.1:{self.opts.etcd_client_port}"
@@ -153,31 +176,61 @@ class Daemon:
         name = self.node_id
         self.etcd = EtcdMember(name, edir, client, peer, f"{name}={peer}", "new" if new else "existing")
         await self.etcd.start()
-        store = self.etcd.store()
-        self.objs = Objects(store)
+        self.objs = Objects(self.etcd.store())
         await self.objs.start()
 
+    async def _stop_store(self) -> None:
+        if self.objs is not None:
+            await self.objs.stop()
+            await self.objs.store.close()
+            self.objs = None  # type: ignore[assignment]
+        if self.etcd:
+            await self.etcd.stop()
+            self.etcd = None
+
+    # -- roles ------------------------------------------------------------------------------------
     async def _start_roles(self) -> None:
-        assert self.objs is not None
         if self.role == "manager":
-            for ctl in (Orchestrator(self.objs), Allocator(self.objs), SchedulerController(self.objs),
-                        Reaper(self.objs)):
-                self._tasks.append(asyncio.create_task(ctl.run(), name=ctl.name))
+            assert self.objs is not None
+            self.dispatcher = Dispatcher(self.objs)
+            for name, coro in (("dispatcher", self.dispatcher.run()),
+                               *((c.name, c.run()) for c in (Orchestrator(self.objs), Allocator(self.objs),
+                                                             SchedulerController(self.objs), Reaper(self.objs)))):
+                self._tasks.append(asyncio.create_task(coro, name=name))
+            await self._serve_cluster_port()
+            managers = [f"{self.addr}:{self.cluster_port}"]
+        else:
+            managers = self.managers
         self.executor = DockerExecutor(f"unix://{self.opts.engine}")
-        self._session = LocalSession(self.objs, self.node_id)
-        agent = Agent(self.node_id, self._session, self.executor)
+        self.session = RemoteSession(managers, self.tls.client_context(), self._describe, self.addr)
+        self.session.start()
+        agent = Agent(self.node_id, self.session, self.executor)
         self._tasks.append(asyncio.create_task(agent.run(), name="agent"))
 
+    async def _serve_cluster_port(self) -> None:
+        assert self.dispatcher is not None
+        host, port = split_addr(self.opts.listen_addr or self.listen or "0.0.0.0:2377")
+        self._cluster_runner = web.AppRunner(make_cluster_app(self, self.dispatcher), access_log=None)
+        await self._cluster_runner.setup()
+        site = web.TCPSite(self._cluster_runner, host or "0.0.0.0", port, ssl_context=self.tls.server_context(),
+                           reuse_address=True)
+        await site.start()
+        log.info("cluster port listening on %s:%d (mutual TLS)", host or "0.0.0.0", port)
+
     async def _stop_roles(self) -> None:
+        if self.session:
+            await self.session.close()
+            self.session = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        if self._session:
-            self._session.close()
-            self._session = None
+        if self._cluster_runner:
+            await self._cluster_runner.cleanup()
+            self._cluster_runner = None
+        self.dispatcher = None
         if self.executor:
             await self.executor.close()
             self.executor = None
@@ -188,32 +241,38 @@ class Daemon:
         for item in info.get("Labels") or []:
             k, _, v = item.partition("=")
             labels[k] = v
+        plugins = info.get("Plugins") or {}
         return {
             "Hostname": info.get("Name") or socket.gethostname(),
             "Platform": {"Architecture": info.get("Architecture", "x86_64"), "OS": info.get("OSType", "linux")},
             "Resources": {"NanoCPUs": int(info.get("NCPU", 1)) * SECOND, "MemoryBytes": int(info.get("MemTotal", 0))},
             "Engine": {"EngineVersion": info.get("ServerVersion", ""), "Labels": labels,
-                       "Plugins": [{"Type": "Log", "Name": n} for n in (info.get("Plugins") or {}).get("Log") or []]
-                       + [{"Type": "Network", "Name": n} for n in (info.get("Plugins") or {}).get("Network") or []]
-                       + [{"Type": "Volume", "Name": n} for n in (info.get("Plugins") or {}).get("Volume") or []]},
+                       "Plugins": [{"Type": kind, "Name": n} for kind in ("Log", "Network", "Volume")
+                                   for n in plugins.get(kind) or []]},
+            "TLSInfo": self._tls_info(),
         }
 
-    async def _mark_ready(self) -> None:
-        """Refresh this node's description and mark it ready."""
-        assert self.objs is not None
-        desc = await self._describe()
-
-        def apply(node: dict) -> None:
-            node["Description"] = {**node.get("Description", {}), **desc}
-            node["Status"] = {"State": "ready", "Addr": self.addr}
-            node["UpdatedAt"] = now()
-
-        await self.objs.modify("nodes", self.node_id, apply)
+    def _tls_info(self) -> dict:
+        with contextlib.suppress(OSError):
+            return tls_info(self.tls.ca.read_bytes())
+        return {}
 
     # -- swarm ------------------------------------------------------------------------------------
     def require_manager(self) -> None:
         if self.state != "active" or self.role != "manager" or self.objs is None:
             raise not_manager(self)
+
+    def _addresses(self, req: dict) -> None:
+        """Decide listen and advertise addresses from a init/join request and our flags."""
+        listen = self.opts.listen_addr or req.get("ListenAddr") or "0.0.0.0:2377"
+        lhost, lport = split_addr(listen)
+        adv = req.get("AdvertiseAddr") or self.opts.advertise_addr
+        ahost, aport = split_addr(adv, lport) if adv else ("", lport)
+        if not ahost and lhost not in ("", "0.0.0.0", "::"):
+            ahost = lhost
+        self.addr = ahost or detect_addr()
+        self.cluster_port = aport
+        self.listen = f"{lhost or '0.0.0.0'}:{lport}"
 
     async def init_swarm(self, req: dict) -> str:
         async with self._lock:
@@ -222,25 +281,23 @@ class Daemon:
             avail = req.get("Availability") or "active"
             if avail not in ("active", "pause", "drain"):
                 raise BadRequest(f"invalid Availability: {avail!r}")
-            addr = (req.get("AdvertiseAddr") or "").rsplit(":", 1)[0] if ":" in (req.get("AdvertiseAddr") or "") \
-                else (req.get("AdvertiseAddr") or "")
-            self.addr = addr or detect_addr()
+            self._addresses(req)
             self.node_id = new_id()
             self.role = "manager"
             edir = self.opts.data_dir / "etcd"
             if edir.exists():
                 shutil.rmtree(edir)
             cert, key = make_root_ca()
-            cdir = self.opts.data_dir / "certificates"
-            cdir.mkdir(parents=True, exist_ok=True)
-            (cdir / "swarm-root-ca.crt").write_bytes(cert)
-            (cdir / "swarm-root-ca.key").write_bytes(key)
-            os.chmod(cdir / "swarm-root-ca.key", 0o600)
+            cluster_id = new_id()
+            node_key = new_key()
+            node_cert = sign_csr(make_csr(node_key), cert, key, self.node_id, "manager", cluster_id)
+            self.tls.write(cert, node_cert, key_pem(node_key))
+            (self.tls.dir / "swarm-root-ca.key").write_bytes(key)
+            os.chmod(self.tls.dir / "swarm-root-ca.key", 0o600)
             await self._start_store(new=True)
-            assert self.objs is not None
             ts = now()
             cluster = {
-                "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts,
+                "ID": cluster_id, "CreatedAt": ts, "UpdatedAt": ts,
                 "Spec": _merge_spec(default_cluster_spec(), req.get("Spec") or {}),
                 "TLSInfo": tls_info(cert), "RootRotationInProgress": False,
                 "DefaultAddrPool": req.get("DefaultAddrPool") or ["10.0.0.0/8"],
@@ -253,15 +310,59 @@ class Daemon:
                 "Spec": {"Labels": {}, "Role": "manager", "Availability": avail},
                 "Description": await self._describe(),
                 "Status": {"State": "ready", "Addr": self.addr},
-                "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": f"{self.addr}:2377"},
+                "ManagerStatus": {"Leader": True, "Reachability": "reachable",
+                                  "Addr": f"{self.addr}:{self.cluster_port}"},
             }
             await self.objs.create("clusters", cluster)
             await self.objs.create("nodes", node)
-            self.state_file.write_text(json.dumps({"node_id": self.node_id, "role": self.role, "addr": self.addr,
-                                                   "cluster_id": cluster["ID"]}))
+            self.managers = [f"{self.addr}:{self.cluster_port}"]
+            self._save_state()
             await self._start_roles()
             self.state = "active"
             return self.node_id
+
+    async def join_swarm(self, req: dict) -> None:
+        async with self._lock:
+            if self.state == "active":
+                raise Unavailable(ALREADY_IN_SWARM)
+            token = req.get("JoinToken") or ""
+            parts = token.split("-")
+            if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1":
+                raise BadRequest("invalid join token")
+            remotes = req.get("RemoteAddrs") or []
+            if not remotes:
+                raise BadRequest("at least 1 RemoteAddr is required to join")
+            self._addresses(req)
+            remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:2377"
+            ca_pem = await self._fetch_ca(remote)
+            if ca_digest(ca_pem) != parts[2]:
+                raise BadRequest(f"error while validating Root CA Certificate: remote CA does not match "
+                                 f"fingerprint. Expected: {parts[2]}")
+            key = new_key()
+            body = {"token": token, "csr": make_csr(key).decode(), "addr": self.addr,
+                    "availability": req.get("Availability") or "active", "description": await self._describe()}
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http, http.post(
+                        f"https://{remote}/join", json=body, ssl=ca_only_context(ca_pem)) as resp:
+                    answer = await resp.json()
+                    if resp.status != 200:
+                        raise APIError(answer.get("message", f"join refused ({resp.status})"), resp.status)
+            except aiohttp.ClientError as e:
+                raise Unavailable(f"could not join the swarm at {remote}: {e}") from None
+            self.tls.write(ca_pem, answer["cert"].encode(), key_pem(key))
+            self.node_id, self.role = answer["node_id"], answer["role"]
+            self.managers = answer.get("managers") or [remote]
+            self._save_state()
+            await self._start_roles()
+            self.state = "active"
+
+    async def _fetch_ca(self, remote: str) -> bytes:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, http.get(
+                    f"https://{remote}/ca", ssl=insecure_context()) as resp:
+                return (await resp.json())["ca"].encode()
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as e:
+            raise Unavailable(f"could not reach the swarm manager at {remote}: {e or type(e).__name__}") from None
 
     async def leave(self, force: bool) -> None:
         async with self._lock:
@@ -270,18 +371,12 @@ class Daemon:
             if self.role == "manager" and not force:
                 raise Unavailable(LEAVE_MANAGER)
             await self._stop_roles()
-            if self.objs:
-                await self.objs.stop()
-                await self.objs.store.close()
-                self.objs = None
-            if self.etcd:
-                await self.etcd.stop()
-                self.etcd = None
+            await self._stop_store()
             await self._remove_task_containers()
             self.state_file.unlink(missing_ok=True)
             for sub in ("etcd", "certificates"):
                 shutil.rmtree(self.opts.data_dir / sub, ignore_errors=True)
-            self.state, self.role, self.node_id = "inactive", "worker", ""
+            self.state, self.role, self.node_id, self.managers = "inactive", "worker", "", []
 
     async def _remove_task_containers(self) -> None:
         ex = DockerExecutor(f"unix://{self.opts.engine}")
@@ -292,8 +387,27 @@ class Daemon:
         finally:
             await ex.close()
 
+    # -- cluster facts ------------------------------------------------------------------------------
+    def ca_cert_pem(self) -> bytes:
+        return self.tls.ca.read_bytes()
+
+    def ca_key_pem(self) -> bytes:
+        return (self.tls.dir / "swarm-root-ca.key").read_bytes()
+
+    def can_add_manager(self) -> bool:
+        return False
+
+    def manager_addrs(self) -> list[str]:
+        out = []
+        for n in self.objs.list("nodes"):
+            ms = n.get("ManagerStatus") or {}
+            if n["Spec"].get("Role") == "manager" and ms.get("Addr"):
+                out.append(ms["Addr"])
+        return out
+
     def cluster(self) -> dict:
-        assert self.objs is not None
+        if self.objs is None:
+            raise not_manager(self)
         clusters = self.objs.list("clusters")
         if not clusters:
             raise Unavailable("shoal: the cluster object is missing from the store")
@@ -306,7 +420,6 @@ class Daemon:
         return c
 
     async def update_swarm(self, spec: dict, version: int, rotate_worker: bool, rotate_manager: bool) -> None:
-        assert self.objs is not None
         c = copy.deepcopy(self.cluster())
         if version != c["Version"]["Index"]:
             raise OutOfSequence()
@@ -320,19 +433,20 @@ class Daemon:
         await self.objs.update("clusters", c)
 
     def swarm_info(self) -> dict:
-        if self.state != "active" or self.objs is None:
+        if self.state != "active":
             return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                     "Error": "", "RemoteManagers": None}
-        nodes = self.objs.list("nodes")
-        managers = [n for n in nodes if n["Spec"].get("Role") == "manager"]
-        out = {
+        out: dict = {
             "NodeID": self.node_id, "NodeAddr": self.addr, "LocalNodeState": "active",
             "ControlAvailable": self.role == "manager", "Error": "",
-            "RemoteManagers": [{"NodeID": n["ID"], "Addr": (n.get("ManagerStatus") or {}).get("Addr", "")}
-                               for n in managers],
-            "Nodes": len(nodes), "Managers": len(managers),
+            "RemoteManagers": [{"NodeID": "", "Addr": a} for a in self.managers],
         }
-        if self.role == "manager":
+        if self.role == "manager" and self.objs is not None:
+            nodes = self.objs.list("nodes")
+            managers = [n for n in nodes if n["Spec"].get("Role") == "manager"]
+            out["RemoteManagers"] = [{"NodeID": n["ID"], "Addr": (n.get("ManagerStatus") or {}).get("Addr", "")}
+                                     for n in managers]
+            out["Nodes"], out["Managers"] = len(nodes), len(managers)
             out["Cluster"] = self.cluster_view(with_tokens=False)
         return out
 
@@ -348,6 +462,5 @@ class Daemon:
         raise APIError("rpc error: code = Unimplemented desc = demoting managers comes with HA managers", 501)
 
     async def remove_node(self, node: dict) -> None:
-        assert self.objs is not None
         if not await self.objs.delete("nodes", node):
             raise OutOfSequence()

@@ -54,6 +54,9 @@ class Agent:
 
     async def run(self) -> None:
         self.ex.watch_events(self.node_id, self._on_event)
+        synced = getattr(self.session, "synced", None)
+        if synced is not None:  # never judge containers before the first full assignment list
+            await synced.wait()
         try:
             containers = await self.ex.containers(self.node_id)
             await self._sync(containers)

@@ -49,3 +49,12 @@ async def leave(daemon: Daemon, request: web.Request) -> web.Response:
     force = request.rel_url.query.get("force") in ("1", "true", "True")
     await daemon.leave(force)
     return web.Response(status=200)
+
+
+@route("POST", "/swarm/join", manager=False)
+async def join(daemon: Daemon, request: web.Request) -> web.Response:
+    body = await read_json(request) or {}
+    if not isinstance(body, dict):
+        raise BadRequest("json: cannot unmarshal into Go value of type swarm.JoinRequest")
+    await daemon.join_swarm(body)
+    return web.Response(status=200)

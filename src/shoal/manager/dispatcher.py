@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
 
 from shoal.model import states
 from shoal.model.ids import now
@@ -75,3 +77,155 @@ class LocalSession:
 
     def close(self) -> None:
         self.objs.unwatch(self._watcher)
+
+
+# -- sessions over the cluster port ---------------------------------------------------------------
+
+def heartbeat_interval(objs: Objects) -> float:
+    """How often agents send heartbeats: a fifth of the cluster's HeartbeatPeriod, at most 1 s."""
+    period = 5e9
+    for c in objs.list("clusters"):
+        period = ((c.get("Spec") or {}).get("Dispatcher") or {}).get("HeartbeatPeriod") or period
+    return max(0.1, min(1.0, period / 1e9 / 5))
+
+
+def _fingerprint(task: dict) -> tuple:
+    """What an agent must hear about: everything but the status it reported itself."""
+    return (task["DesiredState"], task.get("NodeID"))
+
+
+class AgentSession:
+    """The manager's end of one agent's session."""
+
+    def __init__(self, node_id: str, send: Callable[[dict], Awaitable[None]]) -> None:
+        self.node_id = node_id
+        self.send = send
+        self.sent: dict[str, tuple] = {}
+        self.dirty = asyncio.Event()
+        self.closed = False
+
+
+class Dispatcher:
+    """Keeps agent sessions: pushes each node its tasks, applies status reports, and marks nodes down
+    when their heartbeats stop (after ``timeout``: 3 heartbeat intervals)."""
+
+    def __init__(self, objs: Objects) -> None:
+        self.objs = objs
+        self.sessions: dict[str, AgentSession] = {}
+        self.last_seen: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    @property
+    def interval(self) -> float:
+        return heartbeat_interval(self.objs)
+
+    @property
+    def timeout(self) -> float:
+        return 3 * self.interval
+
+    def seen(self, node_id: str) -> None:
+        self.last_seen[node_id] = time.monotonic()
+
+    async def run(self) -> None:
+        watcher = self.objs.watcher(("tasks",))
+        checker = asyncio.create_task(self._check_heartbeats(), name="heartbeats")
+        try:
+            while True:
+                changes = await watcher.wait()
+                tasks = self.objs.cache["tasks"]
+                nodes = set()
+                for _, tid in changes:
+                    t = tasks.get(tid)
+                    if t is not None and t.get("NodeID"):
+                        nodes.add(t["NodeID"])
+                    else:
+                        nodes.update(n for n, s in self.sessions.items() if tid in s.sent)
+                for nid in nodes:
+                    s = self.sessions.get(nid)
+                    if s is not None:
+                        s.dirty.set()
+        finally:
+            checker.cancel()
+            self.objs.unwatch(watcher)
+
+    async def _check_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.interval / 2))
+            now_ = time.monotonic()
+            for node in self.objs.list("nodes"):
+                nid = node["ID"]
+                if node["Status"].get("State") != "ready":
+                    continue
+                # a node not seen since this dispatcher started gets one more timeout to reconnect
+                last = self.last_seen.get(nid, self._started + self.timeout)
+                if now_ - last > self.timeout:
+                    await self.set_node_state(nid, "down", "heartbeat failure")
+
+    async def set_node_state(self, node_id: str, state: str, message: str = "", addr: str | None = None,
+                             description: dict | None = None) -> None:
+        def apply(node: dict) -> bool:
+            st = dict(node.get("Status") or {})
+            changed = st.get("State") != state or (addr is not None and st.get("Addr") != addr)
+            st["State"] = state
+            if message:
+                st["Message"] = message
+            else:
+                st.pop("Message", None)
+            if addr is not None:
+                st["Addr"] = addr
+            node["Status"] = st
+            if description is not None and node.get("Description") != description:
+                node["Description"] = description
+                changed = True
+            if changed:
+                node["UpdatedAt"] = now()
+            return changed
+
+        with contextlib.suppress(Exception):
+            await self.objs.modify("nodes", node_id, apply)
+
+    async def open(self, node_id: str, send: Callable[[dict], Awaitable[None]], hello: dict,
+                   addr: str) -> AgentSession:
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.closed = True
+            old.dirty.set()
+        s = AgentSession(node_id, send)
+        self.sessions[node_id] = s
+        self.seen(node_id)
+        await self.set_node_state(node_id, "ready", addr=hello.get("addr") or addr,
+                                  description=hello.get("description"))
+        await send({"type": "welcome", "node_id": node_id, "heartbeat": self.interval})
+        s.dirty.set()
+        return s
+
+    def close(self, s: AgentSession) -> None:
+        s.closed = True
+        s.dirty.set()
+        if self.sessions.get(s.node_id) is s:
+            del self.sessions[s.node_id]
+
+    async def pump(self, s: AgentSession) -> None:
+        """Send the node its task changes until the session closes."""
+        full = True
+        while not s.closed:
+            await s.dirty.wait()
+            s.dirty.clear()
+            if s.closed:
+                return
+            tasks = {t["ID"]: t for t in assigned_to(self.objs, s.node_id)}
+            changed = [t for tid, t in tasks.items() if full or s.sent.get(tid) != _fingerprint(t)]
+            removed = [tid for tid in s.sent if tid not in tasks]
+            if full or changed or removed:
+                await s.send({"type": "assignments", "full": full, "tasks": changed, "removed": removed})
+            s.sent = {tid: _fingerprint(t) for tid, t in tasks.items()}
+            full = False
+
+    async def handle(self, s: AgentSession, msg: dict) -> None:
+        self.seen(s.node_id)
+        kind = msg.get("type")
+        if kind == "status":
+            await update_status(self.objs, msg["id"], msg["status"])
+            await s.send({"type": "ack", "seq": msg.get("seq")})
+        elif kind == "hello":
+            await self.set_node_state(s.node_id, "ready", description=msg.get("description"))

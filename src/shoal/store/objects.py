@@ -95,6 +95,7 @@ class Objects:
         self.store = store
         self.cache: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
         self.revision = 0
+        self._watched = 0  # revision up to which the watch has been applied to the cache
         self._watchers: list[Watcher] = []
         self._task: asyncio.Task | None = None
         self.loaded = asyncio.Event()
@@ -155,7 +156,7 @@ class Objects:
                 self._set(kind, oid, None)
             for oid, obj in fresh.get(kind, {}).items():
                 self._set(kind, oid, obj)
-        self.revision = rev
+        self.revision = self._watched = rev
         self.loaded.set()
 
     async def _follow(self) -> None:
@@ -175,6 +176,7 @@ class Objects:
 
     def _apply_event(self, etype: str, kv: KV) -> None:
         self.revision = max(self.revision, kv.mod_revision)
+        self._watched = max(self._watched, kv.mod_revision)
         kind, _, oid = kv.key[len(PREFIX):].partition("/")
         current = self.cache.setdefault(kind, {}).get(oid)
         if etype == "delete":
@@ -255,11 +257,15 @@ class Objects:
             return False
         for ch in changes:
             oid = ch.obj["ID"]
-            if ch.delete:
-                self._set(ch.kind, oid, None)
-            else:
+            if not ch.delete:
                 ch.obj["Version"] = {"Index": res.revision}
-                self._set(ch.kind, oid, ch.obj)
+            # Write through only what is not already superseded: replies to concurrent writes may come
+            # back out of order, after the watch (or another write) has cached a later version.
+            current = self.cache.get(ch.kind, {}).get(oid)
+            if res.revision <= self._watched or (current is not None
+                                                 and current["Version"]["Index"] > res.revision):
+                continue
+            self._set(ch.kind, oid, None if ch.delete else ch.obj)
         self.revision = max(self.revision, res.revision)
         return True
 

@@ -100,7 +100,9 @@ class Orchestrator(Controller):
         if not should_restart(t, group):
             return None
         nt = new_task(svc, t.get("Slot", 0), node_id, desired=states.READY)
-        self.restarts.delay(nt["ID"], restart_policy(svc["Spec"].get("TaskTemplate") or {})["Delay"] / 1e9)
+        # the restart delay guards against crash loops; a task lost with its node did not crash
+        delay = 0.0 if self._node_gone(t) else restart_policy(svc["Spec"].get("TaskTemplate") or {})["Delay"] / 1e9
+        self.restarts.delay(nt["ID"], delay)
         out.append(Change("tasks", nt, create=True))
         return nt
 

@@ -1,0 +1,158 @@
+"""The agent's end of its session with a manager over the cluster port (mutual TLS WebSocket).
+
+Assignments arrive as a full list on (re)connect and as changes after; status reports are queued
+(latest per task), sent, and kept until acknowledged, so none is lost across reconnects. Heartbeats
+go at the interval the manager asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from shoal.model import states
+
+log = logging.getLogger(__name__)
+
+
+class SessionRejected(Exception):
+    """The manager refused this node (removed, or from another swarm)."""
+
+
+class RemoteSession:
+    def __init__(self, managers: list[str], ssl_ctx: ssl.SSLContext,
+                 describe: Callable[[], Awaitable[dict]], addr: str = "") -> None:
+        self.managers = list(managers)
+        self.ssl = ssl_ctx
+        self.describe = describe
+        self.addr = addr
+        self.tasks: dict[str, dict] = {}
+        self.connected = asyncio.Event()
+        self.synced = asyncio.Event()
+        self.rejected: str | None = None
+        self._changed = asyncio.Event()
+        self._pending: dict[str, dict] = {}  # task id -> latest unacknowledged status
+        self._outbox: asyncio.Queue[dict] = asyncio.Queue()
+        self._seq = 0
+        self._inflight: dict[int, tuple[str, dict]] = {}
+        self._task: asyncio.Task | None = None
+
+    # -- the Session protocol the Agent uses -------------------------------------------------------
+    def assigned(self) -> list[dict]:
+        return list(self.tasks.values())
+
+    async def changed(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
+
+    async def report(self, task_id: str, status: dict) -> None:
+        t = self.tasks.get(task_id)
+        if t is not None and not states.before(status["State"], t["Status"]["State"]):
+            t["Status"] = status
+        self._pending[task_id] = status
+        self._outbox.put_nowait({"id": task_id})
+
+    # -- connection ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agent-session")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.1
+        i = 0
+        while True:
+            addr = self.managers[i % len(self.managers)]
+            i += 1
+            try:
+                await self._connect(addr)
+                delay = 0.1
+            except SessionRejected as e:
+                self.rejected = str(e)
+                log.error("manager refused this node: %s", e)
+                self._changed.set()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("session with %s ended: %s", addr, e)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _connect(self, addr: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_connect=3)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.ws_connect(
+                f"https://{addr}/session", ssl=self.ssl, heartbeat=None, max_msg_size=64 * 1024 * 1024) as ws:
+            await ws.send_str(json.dumps({"type": "hello", "description": await self.describe(),
+                                          "addr": self.addr}))
+            welcome = await ws.receive_json(timeout=10)
+            if welcome.get("type") == "error":
+                raise SessionRejected(welcome.get("message", "refused"))
+            interval = float(welcome.get("heartbeat", 1.0))
+            self.connected.set()
+            # resend what was not acknowledged
+            self._inflight.clear()
+            for tid in list(self._pending):
+                self._outbox.put_nowait({"id": tid})
+            sender = asyncio.create_task(self._send_loop(ws, interval))
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    self._on_message(json.loads(msg.data))
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            if ws.status == 403 or (ws.close_code and ws.close_code >= 4000):
+                raise SessionRejected("refused")
+
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._outbox.get(), interval)
+            except TimeoutError:
+                await ws.send_str('{"type":"heartbeat"}')
+                continue
+            tid = item["id"]
+            status = self._pending.get(tid)
+            if status is None:
+                continue
+            self._seq += 1
+            self._inflight[self._seq] = (tid, status)
+            await ws.send_str(json.dumps({"type": "status", "id": tid, "status": status, "seq": self._seq}))
+
+    def _on_message(self, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == "assignments":
+            if msg.get("full"):
+                self.tasks = {}
+            for t in msg.get("tasks", []):
+                mine = self._pending.get(t["ID"])
+                if mine is not None and states.before(t["Status"]["State"], mine["State"]):
+                    t["Status"] = mine
+                self.tasks[t["ID"]] = t
+            for tid in msg.get("removed", []):
+                self.tasks.pop(tid, None)
+                self._pending.pop(tid, None)
+            self.synced.set()
+            self._changed.set()
+        elif kind == "ack":
+            sent = self._inflight.pop(msg.get("seq"), None)
+            if sent is not None and self._pending.get(sent[0]) is sent[1]:
+                del self._pending[sent[0]]
+        elif kind == "error":
+            self.rejected = msg.get("message")
+            log.error("manager: %s", self.rejected)

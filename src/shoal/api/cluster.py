@@ -1,0 +1,130 @@
+"""The cluster port (2377): mutual TLS between nodes and managers.
+
+- ``GET /ca`` — the root CA certificate (a joining node checks it against its token's digest).
+- ``POST /join`` — a token and a CSR in, a node certificate out (the only call without a client
+  certificate besides ``/ca``).
+- ``GET /session`` — an agent's session (WebSocket): assignments out, status reports and heartbeats in.
+Every other request needs a client certificate from this cluster whose node still exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from shoal.manager.dispatcher import Dispatcher
+from shoal.model.ids import new_id, now
+from shoal.tls import peer_identity, sign_csr
+
+if TYPE_CHECKING:
+    from shoal.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+INVALID_TOKEN = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
+REMOVED = "rpc error: code = PermissionDenied desc = node has been removed from the swarm"
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def _identity(request: web.Request) -> tuple[str, str, str] | None:
+    transport = request.transport
+    return peer_identity(transport.get_extra_info("peercert") if transport else None)
+
+
+def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
+    async def ca(request: web.Request) -> web.Response:
+        return web.json_response({"ca": daemon.ca_cert_pem().decode()})
+
+    async def join(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            token, csr = body["token"], body["csr"].encode()
+        except (ValueError, KeyError, AttributeError):
+            return _error("invalid join request", 400)
+        cluster = daemon.cluster()
+        tokens = cluster.get("JoinTokens") or {}
+        role = next((r for r, key in (("worker", "Worker"), ("manager", "Manager"))
+                     if hmac.compare_digest(str(token), tokens.get(key, ""))), None)
+        if role is None:
+            return _error(INVALID_TOKEN, 400)
+        if role == "manager" and not daemon.can_add_manager():
+            return _error("rpc error: code = Unimplemented desc = joining as a manager needs the HA "
+                          "manager support of a later shoal", 501)
+        node_id = new_id()
+        try:
+            cert = sign_csr(csr, daemon.ca_cert_pem(), daemon.ca_key_pem(), node_id, role, cluster["ID"])
+        except ValueError as e:
+            return _error(f"invalid certificate request: {e}", 400)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        addr = body.get("addr") or (peer[0] if peer else "")
+        ts = now()
+        avail = body.get("availability") or "active"
+        if avail not in ("active", "pause", "drain"):
+            return _error(f"invalid Availability: {avail!r}", 400)
+        node = {
+            "ID": node_id, "CreatedAt": ts, "UpdatedAt": ts,
+            "Spec": {"Labels": {}, "Role": role, "Availability": avail},
+            "Description": body.get("description") or {},
+            "Status": {"State": "unknown", "Addr": addr},
+        }
+        await daemon.objs.create("nodes", node)
+        return web.json_response({"node_id": node_id, "role": role, "cert": cert.decode(),
+                                  "ca": daemon.ca_cert_pem().decode(), "managers": daemon.manager_addrs()})
+
+    async def session(request: web.Request) -> web.StreamResponse:
+        ident = _identity(request)
+        if ident is None:
+            return _error("a client certificate from this swarm is required", 401)
+        node_id, _role, cluster_id = ident
+        if cluster_id != daemon.cluster()["ID"]:
+            return _error("certificate is from another swarm", 403)
+        if daemon.objs.get("nodes", node_id) is None:
+            return _error(REMOVED, 403)
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=64 * 1024 * 1024)
+        await ws.prepare(request)
+        lock = asyncio.Lock()
+
+        async def send(msg: dict) -> None:
+            async with lock:
+                await ws.send_str(json.dumps(msg))
+
+        first = await ws.receive(timeout=10)
+        if first.type != WSMsgType.TEXT:
+            await ws.close()
+            return ws
+        hello = json.loads(first.data)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        s = await dispatcher.open(node_id, send, hello, peer[0] if peer else "")
+        pump = asyncio.create_task(dispatcher.pump(s), name=f"pump-{node_id}")
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    break
+                if daemon.objs.get("nodes", node_id) is None:
+                    await send({"type": "error", "message": REMOVED})
+                    break
+                await dispatcher.handle(s, json.loads(msg.data))
+                if s.closed:
+                    break
+        finally:
+            dispatcher.close(s)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            await ws.close()
+        return ws
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/ca", ca)
+    app.router.add_post("/join", join)
+    app.router.add_get("/session", session)
+    return app
