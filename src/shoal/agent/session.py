@@ -93,31 +93,40 @@ class RemoteSession:
 
     async def _connect(self, addr: str) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_connect=3)
-        async with aiohttp.ClientSession(timeout=timeout) as http, http.ws_connect(
-                f"https://{addr}/session", ssl=self.ssl, heartbeat=None, max_msg_size=64 * 1024 * 1024) as ws:
-            await ws.send_str(json.dumps({"type": "hello", "description": await self.describe(),
-                                          "addr": self.addr}))
-            welcome = await ws.receive_json(timeout=10)
-            if welcome.get("type") == "error":
-                raise SessionRejected(welcome.get("message", "refused"))
-            interval = float(welcome.get("heartbeat", 1.0))
-            self.connected.set()
-            # resend what was not acknowledged
-            self._inflight.clear()
-            for tid in list(self._pending):
-                self._outbox.put_nowait({"id": tid})
-            sender = asyncio.create_task(self._send_loop(ws, interval))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             try:
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    self._on_message(json.loads(msg.data))
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-            if ws.status == 403 or (ws.close_code and ws.close_code >= 4000):
-                raise SessionRejected("refused")
+                ws = await http.ws_connect(f"https://{addr}/session", ssl=self.ssl, heartbeat=None,
+                                           max_msg_size=64 * 1024 * 1024)
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 403:
+                    raise SessionRejected("this node has been removed from the swarm (or its certificate is "
+                                          "not from this swarm)") from None
+                raise
+            async with ws:
+                await self._serve(ws)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_str(json.dumps({"type": "hello", "description": await self.describe(),
+                                      "addr": self.addr}))
+        welcome = await ws.receive_json(timeout=10)
+        if welcome.get("type") == "error":
+            raise SessionRejected(welcome.get("message", "refused"))
+        interval = float(welcome.get("heartbeat", 1.0))
+        self.connected.set()
+        # resend what was not acknowledged
+        self._inflight.clear()
+        for tid in list(self._pending):
+            self._outbox.put_nowait({"id": tid})
+        sender = asyncio.create_task(self._send_loop(ws, interval))
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                self._on_message(json.loads(msg.data))
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
         while True:
