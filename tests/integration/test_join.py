@@ -177,3 +177,45 @@ def test_removed_node_is_refused(pair):
     time.sleep(3)
     assert worker_id not in _node_ids(mgr)
     assert "has been removed" in (wrk.root / "shoald.log").read_text()
+
+
+def test_constraint_enforcer_pause_binpack_and_max_per_node(pair, docker_engine):
+    mgr, wrk = pair
+    worker_id = json.loads(wrk.docker("info", "--format", "{{json .Swarm}}").stdout)["NodeID"]
+
+    def nodes_of(service: str) -> list[str]:
+        return [c.labels["com.docker.swarm.node.id"] for c in running_containers(docker_engine, service)]
+
+    # a label removed under running tasks: they leave the node and wait with the reason
+    mgr.docker("node", "update", "--label-add", "zone=a", worker_id)
+    mgr.docker("service", "create", "--name", "zoned", "--replicas", "2", "--constraint", "node.labels.zone==a",
+               "shoal/demo-web:latest")
+    assert nodes_of("zoned") == [worker_id, worker_id]
+    mgr.docker("node", "update", "--label-rm", "zone", worker_id)
+    wait_for(lambda: nodes_of("zoned") == [], 15, what="tasks moved off the unlabelled node")
+    err = mgr.docker("service", "ps", "zoned", "--filter", "desired-state=running", "--no-trunc",
+                     "--format", "{{.Error}}").stdout
+    assert "no suitable node (scheduling constraints not satisfied on 2 nodes)" in err
+
+    # pause: running tasks stay, new ones go elsewhere
+    mgr.docker("service", "create", "--name", "paused", "--replicas", "2", "shoal/demo-web:latest")
+    manager_id = json.loads(mgr.docker("info", "--format", "{{json .Swarm}}").stdout)["NodeID"]
+    assert sorted(nodes_of("paused")) == sorted([worker_id, manager_id])
+    mgr.docker("node", "update", "--availability", "pause", worker_id)
+    mgr.docker("service", "scale", "paused=4")
+    placed = nodes_of("paused")
+    assert len(placed) == 4 and placed.count(worker_id) == 1
+    mgr.docker("node", "update", "--availability", "active", worker_id)
+
+    # binpack, chosen per service: everything on one node while it fits
+    mgr.docker("service", "create", "--name", "packed", "--replicas", "4", "--label", "shoal.strategy=binpack",
+               "shoal/demo-web:latest")
+    assert len(set(nodes_of("packed"))) == 1
+
+    # at most one per node: the third replica waits with the reason
+    mgr.docker("service", "create", "-d", "--name", "onepernode", "--replicas", "3", "--replicas-max-per-node", "1",
+               "shoal/demo-web:latest")
+    wait_for(lambda: len(nodes_of("onepernode")) == 2, 20, what="2 of 3 running")
+    err = wait_for(lambda: mgr.docker("service", "ps", "onepernode", "--no-trunc", "--format", "{{.Error}}")
+                   .stdout.strip(), 10, what="the pending task's reason")
+    assert "max replicas per node limit exceed" in err

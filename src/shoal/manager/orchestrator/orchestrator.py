@@ -84,15 +84,19 @@ class Orchestrator(Controller):
         await commit_all(self.objs, out)
 
     # -- shared pieces ----------------------------------------------------------------------
-    def _node_gone(self, t: dict) -> bool:
-        """The task's node is drained, down or removed: the task must be replaced elsewhere."""
+    def _node_gone(self, svc: dict, t: dict) -> bool:
+        """The task must move: its node is drained, down or removed, or no longer satisfies the
+        service's constraints (swarmkit's constraint enforcer)."""
         nid = t.get("NodeID")
         if not nid:
             return False
         node = self.objs.get("nodes", nid)
         if node is None:
             return True
-        return node["Spec"].get("Availability") == "drain" or node["Status"].get("State") == "down"
+        if node["Spec"].get("Availability") == "drain" or node["Status"].get("State") == "down":
+            return True
+        exprs = ((t.get("Spec") or {}).get("Placement") or {}).get("Constraints") or []
+        return bool(exprs) and not node_matches(parse(exprs), node)
 
     def _restart(self, svc: dict, t: dict, group: list[dict], out: list[Change], node_id: str = "") -> dict | None:
         """Shut down a dead task and, if its policy allows, create its delayed replacement."""
@@ -101,7 +105,7 @@ class Orchestrator(Controller):
             return None
         nt = new_task(svc, t.get("Slot", 0), node_id, desired=states.READY)
         # the restart delay guards against crash loops; a task lost with its node did not crash
-        delay = 0.0 if self._node_gone(t) else restart_policy(svc["Spec"].get("TaskTemplate") or {})["Delay"] / 1e9
+        delay = 0.0 if self._node_gone(svc, t) else restart_policy(svc["Spec"].get("TaskTemplate") or {})["Delay"] / 1e9
         self.restarts.delay(nt["ID"], delay)
         out.append(Change("tasks", nt, create=True))
         return nt
@@ -112,7 +116,7 @@ class Orchestrator(Controller):
         for t in sorted(group, key=_created):
             if not runnable(t):
                 continue
-            dead = states.terminal(observed(t)) or self._node_gone(t)
+            dead = states.terminal(observed(t)) or self._node_gone(svc, t)
             if dead:
                 nt = self._restart(svc, t, group, out, node_id)
                 if nt is not None:
