@@ -42,6 +42,7 @@ class RemoteSession:
         self._seq = 0
         self._inflight: dict[int, tuple[str, dict]] = {}
         self._task: asyncio.Task | None = None
+        self.interval = 1.0  # heartbeat period the manager asked for
 
     # -- the Session protocol the Agent uses -------------------------------------------------------
     def assigned(self) -> list[dict]:
@@ -111,13 +112,13 @@ class RemoteSession:
         welcome = await ws.receive_json(timeout=10)
         if welcome.get("type") == "error":
             raise SessionRejected(welcome.get("message", "refused"))
-        interval = float(welcome.get("heartbeat", 1.0))
+        self.interval = float(welcome.get("heartbeat", 1.0))
         self.connected.set()
         # resend what was not acknowledged
         self._inflight.clear()
         for tid in list(self._pending):
             self._outbox.put_nowait({"id": tid})
-        sender = asyncio.create_task(self._send_loop(ws, interval))
+        sender = asyncio.create_task(self._send_loop(ws))
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -128,10 +129,10 @@ class RemoteSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
 
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             try:
-                item = await asyncio.wait_for(self._outbox.get(), interval)
+                item = await asyncio.wait_for(self._outbox.get(), self.interval)
             except TimeoutError:
                 await ws.send_str('{"type":"heartbeat"}')
                 continue
@@ -158,6 +159,8 @@ class RemoteSession:
                 self._pending.pop(tid, None)
             self.synced.set()
             self._changed.set()
+        elif kind == "config":
+            self.interval = float(msg.get("heartbeat", self.interval))
         elif kind == "ack":
             sent = self._inflight.pop(msg.get("seq"), None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:

@@ -127,14 +127,22 @@ class Dispatcher:
         self.last_seen[node_id] = time.monotonic()
 
     async def run(self) -> None:
-        watcher = self.objs.watcher(("tasks",))
+        watcher = self.objs.watcher(("tasks", "clusters"))
         checker = asyncio.create_task(self._check_heartbeats(), name="heartbeats")
+        interval = self.interval
         try:
             while True:
                 changes = await watcher.wait()
+                if self.interval != interval:  # `docker swarm update --dispatcher-heartbeat`
+                    interval = self.interval
+                    for s in list(self.sessions.values()):
+                        with contextlib.suppress(Exception):
+                            await s.send({"type": "config", "heartbeat": interval})
                 tasks = self.objs.cache["tasks"]
                 nodes = set()
-                for _, tid in changes:
+                for kind, tid in changes:
+                    if kind != "tasks":
+                        continue
                     t = tasks.get(tid)
                     if t is not None and t.get("NodeID"):
                         nodes.add(t["NodeID"])
