@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from shoal.daemon import Daemon, Options
+from shoal.lab.cli import add_lab_parser, run_lab
 
 
 async def _run_daemon(opts: Options) -> None:
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--listen-addr", default="", help="cluster port address (default: as swarm init/join says)")
     d.add_argument("--advertise-addr", default="", help="address other nodes reach this one at")
     d.add_argument("--debug", action="store_true")
+    add_lab_parser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "lab":
+        return run_lab(args)
     if args.cmd == "daemon":
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -28,7 +28,7 @@ from shoal.agent.session import RemoteSession
 from shoal.api.cluster import make_cluster_app
 from shoal.api.proxy import EngineProxy
 from shoal.api.server import make_app, not_manager
-from shoal.manager.allocator import Allocator
+from shoal.manager.allocator import Allocator, NetworkAllocator
 from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.orchestrator.orchestrator import Orchestrator
@@ -36,6 +36,7 @@ from shoal.manager.reaper import Reaper
 from shoal.manager.scheduler.controller import SchedulerController
 from shoal.model.errors import APIError, BadRequest, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
+from shoal.model.network import ingress_spec, new_network
 from shoal.model.service import SECOND
 from shoal.store.etcd_member import EtcdMember
 from shoal.store.objects import Objects
@@ -116,6 +117,8 @@ class Daemon:
         self.executor: DockerExecutor | None = None
         self.session: RemoteSession | None = None
         self.dispatcher: Dispatcher | None = None
+        self.netalloc: NetworkAllocator = None  # type: ignore[assignment]  # leader only
+        self.alloc_lock = asyncio.Lock()
         self.tls = NodeTLS(opts.data_dir / "certificates")
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
@@ -193,8 +196,11 @@ class Daemon:
         if self.role == "manager":
             assert self.objs is not None
             self.dispatcher = Dispatcher(self.objs)
+            self.netalloc = NetworkAllocator(self.objs)
+            self.netalloc.load()
             for name, coro in (("dispatcher", self.dispatcher.run()),
-                               *((c.name, c.run()) for c in (Orchestrator(self.objs), Allocator(self.objs),
+                               *((c.name, c.run()) for c in (Orchestrator(self.objs),
+                                                             Allocator(self.objs, self.netalloc),
                                                              SchedulerController(self.objs), Reaper(self.objs)))):
                 self._tasks.append(asyncio.create_task(coro, name=name))
             await self._serve_cluster_port()
@@ -315,6 +321,9 @@ class Daemon:
             }
             await self.objs.create("clusters", cluster)
             await self.objs.create("nodes", node)
+            ingress = NetworkAllocator(self.objs).allocate_network(new_network(ingress_spec()),
+                                                                    cluster["DefaultAddrPool"], cluster["SubnetSize"])
+            await self.objs.create("networks", ingress)
             self.managers = [f"{self.addr}:{self.cluster_port}"]
             self._save_state()
             await self._start_roles()
@@ -452,11 +461,12 @@ class Daemon:
 
     # -- hooks for later subsystems (networks, secrets) ----------------------------------------------
     def check_spec_refs(self, spec: dict, exclude: str | None = None) -> None:
-        """Check what a service spec refers to (networks, secrets, configs, published ports)."""
+        """Check and normalise what a service spec refers to (networks by name become IDs)."""
+        self.netalloc.normalise_networks(spec)
 
     async def allocate_endpoint(self, svc: dict, old: dict | None) -> None:
-        """Fill the service's Endpoint (VIPs and published ports come with networking)."""
-        svc["Endpoint"] = {"Spec": svc["Spec"].get("EndpointSpec") or {"Mode": "vip"}}
+        """Fill the service's Endpoint: published ports and a virtual IP per network."""
+        self.netalloc.allocate_service(svc)
 
     async def check_demote(self, node: dict) -> None:
         raise APIError("rpc error: code = Unimplemented desc = demoting managers comes with HA managers", 501)

@@ -56,13 +56,20 @@ class EngineProxy:
             resp.raise_for_status()
             return await resp.json()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def forward_body(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Pass on a request whose body the caller has already read."""
+        return await self.handle(request, body)
+
+    async def handle(self, request: web.Request, body: bytes | None = None) -> web.StreamResponse:
         path = engine_path(request.rel_url.path, self.engine_api)
-        if request.headers.get("Upgrade") or (request.method == "POST" and _HIJACK_PATH.search(path)):
+        if body is None and (request.headers.get("Upgrade") or (
+                request.method == "POST" and _HIJACK_PATH.search(path))):
             return await self._hijack(request, path)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        data = request.content if request.body_exists else None
-        if request.headers.get("Content-Length") and data is not None:
+        data: object = request.content if request.body_exists else None
+        if body is not None:
+            data = body
+        elif request.headers.get("Content-Length") and data is not None:
             headers["Content-Length"] = request.headers["Content-Length"]
         try:
             upstream = await self.session.request(

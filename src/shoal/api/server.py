@@ -70,7 +70,7 @@ def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    from shoal.api import nodes, services, swarm, system, tasks  # noqa: F401  (register routes)
+    from shoal.api import networks, nodes, services, swarm, system, tasks  # noqa: F401  (register routes)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         version, path = split_version(request.path)

@@ -104,7 +104,11 @@ async def create_service(daemon: Daemon, request: web.Request) -> web.Response:
         "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}},
     }
     await daemon.allocate_endpoint(svc, None)
-    await daemon.objs.create("services", svc)
+    try:
+        await daemon.objs.create("services", svc)
+    except Exception:
+        daemon.netalloc.release_service(svc["ID"])
+        raise
     return json_response({"ID": svc["ID"], "Warnings": None}, 201)
 
 

@@ -81,8 +81,11 @@ class Watcher:
         self._event.set()
 
     async def wait(self, timeout: float | None = None) -> set[tuple[str, str]]:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives
+        # just as the event fires, and the cancelled controller would then never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         self._event.clear()
         out, self._pending = self._pending, set()
         return out
