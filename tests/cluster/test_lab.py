@@ -23,6 +23,7 @@ HOSTS = ("manager", "worker1", "worker2")
 IMAGES = ("shoal/demo-web:latest", "shoal/demo-busybox:latest")
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())"
 
 
 def wait_for(predicate, timeout: float = 30, what: str = "condition"):
@@ -106,7 +107,7 @@ def test_containers_run_and_publish_on_the_lan(lab: Lab) -> None:
     lab.engine_docker("worker2", "run", "-d", "--name", "lab-web", "-p", "8080:80", "shoal/demo-web:latest")
     try:
         def fetch() -> str:
-            cp = lab.exec("worker1", "busybox", "wget", "-qO-", "-T", "2", "http://192.168.77.12:8080/")
+            cp = lab.exec("worker1", sys.executable, "-c", FETCH, "http://192.168.77.12:8080/")
             return cp.stdout if cp.returncode == 0 else ""
 
         assert "Hello from" in wait_for(fetch, 15, "the web container on worker2")

@@ -876,3 +876,23 @@ async def test_a_late_reply_does_not_roll_the_cache_back(later: str) -> None:
     finally:
         await objs.stop()
         await store.close()
+
+
+@deadline(5)
+async def test_cancelling_a_woken_watcher_is_not_lost() -> None:
+    """Controllers and agents sleep in Watcher.wait; stopping them cancels that wait. A cancellation
+    that lands just as the watcher is woken must still end the waiter (else shutdown hangs)."""
+    objs = Objects(MemoryStore())
+    for ticks in range(4):
+        w = objs.watcher(("tasks",))
+        waiting = asyncio.create_task(w.wait(5))
+        await asyncio.sleep(0)
+        w.poke()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        if waiting.cancel():  # the cancellation was accepted: it must win
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        else:
+            assert await waiting == set()
+        objs.unwatch(w)

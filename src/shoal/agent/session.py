@@ -43,6 +43,8 @@ class RemoteSession:
         self._inflight: dict[int, tuple[str, dict]] = {}
         self._task: asyncio.Task | None = None
         self.interval = 1.0  # heartbeat period the manager asked for
+        self.netmap: dict | None = None
+        self.netmap_changed = asyncio.Event()
 
     # -- the Session protocol the Agent uses -------------------------------------------------------
     def assigned(self) -> list[dict]:
@@ -159,6 +161,9 @@ class RemoteSession:
                 self._pending.pop(tid, None)
             self.synced.set()
             self._changed.set()
+        elif kind == "netmap":
+            self.netmap = msg.get("map")
+            self.netmap_changed.set()
         elif kind == "config":
             self.interval = float(msg.get("heartbeat", self.interval))
         elif kind == "ack":

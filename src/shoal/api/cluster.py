@@ -104,7 +104,7 @@ def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
         hello = json.loads(first.data)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         s = await dispatcher.open(node_id, send, hello, peer[0] if peer else "")
-        pump = asyncio.create_task(dispatcher.pump(s), name=f"pump-{node_id}")
+        pump = asyncio.gather(dispatcher.pump(s), dispatcher.net_pump(s))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:

@@ -324,7 +324,7 @@ class Host:
 
     def enter(self, *cmd: str, wd: str = "/") -> list[str]:
         """argv running cmd inside the host (its mount, UTS and network namespaces)."""
-        if not alive(self.holder):
+        if not self.alive(self.holder):
             raise LabError(f"host {self.name}: its namespace holder (pid {self.holder}) is gone; "
                            "run `shoal lab down` and `shoal lab up` again")
         return ["nsenter", "-t", str(self.holder), "-m", "-u", "-n", f"--wd={wd}", "--", *cmd]
@@ -332,9 +332,20 @@ class Host:
     def pids(self) -> set[int]:
         """Every live process of the host: its tracking cgroup (containers too) and its netns."""
         pids = cgroup_pids(self.track_cgroup) | netns_pids(self.netns)
-        pids |= {p for p in (self.holder, self.dockerd, self.shoald) if p}
         pids.discard(os.getpid())
         return {p for p in pids if alive(p)}
+
+    def alive(self, pid: int | None) -> bool:
+        """Whether pid is alive and still this host's (a recorded pid may have been reused since)."""
+        if not alive(pid):
+            return False
+        with contextlib.suppress(OSError):
+            ns, mine = os.stat(f"/proc/{pid}/ns/net"), os.stat(NETNS_DIR / self.netns)
+            if (ns.st_dev, ns.st_ino) == (mine.st_dev, mine.st_ino):
+                return True
+        with contextlib.suppress(OSError):
+            return f"/shoal-lab/{self.name}" in Path(f"/proc/{pid}/cgroup").read_text()
+        return False
 
 
 def holder_script(host: Host) -> str:
@@ -439,9 +450,9 @@ def stop_daemons(host: Host) -> list[str]:
     """Stop shoald (SIGTERM, SIGKILL after 15 s) then dockerd (SIGTERM, SIGKILL after 20 s), then
     whatever they left behind (etcd, containerd, shims). Returns notes on what had to be killed."""
     notes = []
-    if terminate(host.shoald, 15):
+    if host.alive(host.shoald) and terminate(host.shoald, 15):
         notes.append(f"shoald {host.shoald} ignored SIGTERM for 15 s, killed")
-    if terminate(host.dockerd, 20):
+    if host.alive(host.dockerd) and terminate(host.dockerd, 20):
         notes.append(f"dockerd {host.dockerd} ignored SIGTERM for 20 s, killed")
     left = host.pids() - {host.holder}
     if left:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -37,7 +38,6 @@ from shoal.lab.hosts import (
     TRACK_CGROUP,
     Host,
     LabError,
-    alive,
     create_holder,
     daemon_env,
     find_cgroups,
@@ -158,13 +158,22 @@ class Lab:
         return cls([Host.from_dict(h) for h in st["hosts"]], swarm=st.get("swarm", False),
                    created=st.get("created", 0.0), out=out)
 
-    def save(self) -> None:
-        with self._lock:
+    def save(self, *hosts: Host) -> None:
+        """Write the state file; with hosts, only their entries change (other processes may be changing
+        other hosts at the same time: `shoal lab kill worker1 & shoal lab kill worker2`)."""
+        LAB_ROOT.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(LAB_ROOT / ".lock", "a") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            on_disk: dict[str, dict] = {}
+            if hosts:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    on_disk = {d["name"]: d for d in json.loads(STATE_FILE.read_text())["hosts"]}
+            names = {h.name for h in hosts}
             data = {"version": 1, "created": self.created, "swarm": self.swarm, "subnet": lan.SUBNET,
                     "lan": {"netns": lan.LAN_NS, "bridge": lan.BRIDGE},
-                    "hosts": [h.to_dict() for h in self.hosts]}
-            LAB_ROOT.mkdir(parents=True, exist_ok=True)
-            tmp = STATE_FILE.with_suffix(".tmp")
+                    "hosts": [h.to_dict() if not hosts or h.name in names else on_disk.get(h.name, h.to_dict())
+                              for h in self.hosts]}
+            tmp = STATE_FILE.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(data, indent=2) + "\n")
             tmp.replace(STATE_FILE)
 
@@ -239,9 +248,9 @@ class Lab:
         t0 = time.monotonic()
         create_holder(h)
         lan.connect(h)
-        self.save()
+        self.save(h)
         t_dockerd = start_dockerd(h)
-        self.save()
+        self.save(h)
         t1 = time.monotonic()
         if tar is not None:
             self._engine_load(h, tar.result())
@@ -249,7 +258,7 @@ class Lab:
         flags.result()
         t_shoald = start_shoald(h, shoald_flags(h))
         h.state = "running"
-        self.save()
+        self.save(h)
         return (f"{h.name}: {h.ip} ready in {time.monotonic() - t0:.1f}s "
                 f"(dockerd {t_dockerd:.1f}s, images {t_images:.1f}s, shoald {t_shoald:.1f}s)")
 
@@ -335,7 +344,7 @@ class Lab:
         tmp = LAB_ROOT / "images" / f"load-{os.getpid()}.tar"
         if names:
             tars.append(save_images(names, tmp))
-        targets = [h for h in self.hosts if h.state == "running" and alive(h.dockerd)]
+        targets = [h for h in self.hosts if h.state == "running" and h.alive(h.dockerd)]
         for h in self.hosts:
             if h not in targets:
                 self.out(f"{h.name}: skipped ({h.status}); `shoal lab load` it again after `shoal lab start`")
@@ -354,26 +363,26 @@ class Lab:
             self.out(f"{h.name}: {note}")
         if h.state != "killed":
             h.state = "stopped"
-        self.save()
+        self.save(h)
 
     def start(self, host: str | Host) -> None:
         """Start the host's dockerd and shoald again; after a kill, give it a fresh /run and re-plug it."""
         h = self.host(host)
-        if not alive(h.holder):
+        if not h.alive(h.holder):
             raise LabError(f"host {h.name}: its namespaces are gone (holder {h.holder} dead); "
                            "`shoal lab down` then `shoal lab up`")
         if h.state == "killed":
             kill_all(h, keep_holder=True)
             reset_run(h)
-        if not alive(h.dockerd):
+        if not h.alive(h.dockerd):
             start_dockerd(h)
-            self.save()
-        if not alive(h.shoald):
+            self.save(h)
+        if not h.alive(h.shoald):
             start_shoald(h, shoald_flags(h))
         if h.state == "killed" and not h.partitioned:
             lan.set_link(h, True)
         h.state = "running"
-        self.save()
+        self.save(h)
 
     def kill(self, host: str | Host) -> None:
         """Power loss: pull the LAN cable, then SIGKILL every process of the host (daemons, etcd,
@@ -383,7 +392,7 @@ class Lab:
         left = kill_all(h, keep_holder=True)
         h.dockerd = h.shoald = 0
         h.state = "killed"
-        self.save()
+        self.save(h)
         if left:
             raise LabError(f"host {h.name}: processes {left} survived SIGKILL")
 
@@ -392,7 +401,7 @@ class Lab:
         h = self.host(host)
         h.partitioned = True
         lan.set_link(h, False)
-        self.save()
+        self.save(h)
 
     def heal(self, host: str | Host) -> None:
         """Undo partition (a killed host stays unplugged until it is started)."""
@@ -400,24 +409,24 @@ class Lab:
         h.partitioned = False
         if h.state != "killed":
             lan.set_link(h, True)
-        self.save()
+        self.save(h)
 
     # -- listing --------------------------------------------------------------------------------------------
     def status(self, h: Host) -> str:
         """running | stopped | killed | partitioned, from the record checked against reality."""
-        if not alive(h.holder):
+        if not h.alive(h.holder):
             return "gone"
-        if h.state == "running" and not (alive(h.dockerd) and alive(h.shoald)):
+        if h.state == "running" and not (h.alive(h.dockerd) and h.alive(h.shoald)):
             return "degraded"  # a daemon died on its own: see its log
         return h.status
 
     def rows(self) -> list[list[str]]:
         """The table ``shoal lab ls`` prints."""
-        def pid(p: int) -> str:
-            return "-" if not p else (str(p) if alive(p) else f"{p}(dead)")
-
         out = [["NAME", "ROLE", "IP", "STATE", "LINK", "HOLDER", "DOCKERD", "SHOALD", "DOCKER_HOST"]]
         for h in self.hosts:
+            def pid(p: int, h: Host = h) -> str:
+                return "-" if not p else (str(p) if h.alive(p) else f"{p}(dead)")
+
             link = lan.link_is_up(h)
             out.append([h.name, h.role, h.ip, self.status(h), "?" if link is None else ("up" if link else "down"),
                         pid(h.holder), pid(h.dockerd), pid(h.shoald), h.docker_host])
@@ -467,7 +476,7 @@ def down(out: Out = _print) -> list[str]:
 
 def _teardown_host(h: Host) -> list[str]:
     problems = []
-    if alive(h.holder) and (alive(h.shoald) or alive(h.dockerd)):
+    if h.alive(h.holder) and (h.alive(h.shoald) or h.alive(h.dockerd)):
         stop_daemons(h)
     left = kill_all(h, keep_holder=False)
     if left:

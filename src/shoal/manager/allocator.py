@@ -301,6 +301,11 @@ class Allocator(Controller):
             elif t.get("NodeID") and t.get("NetworksAttachments") and not states.terminal(t["Status"]["State"]):
                 need = node_needs.setdefault(t["NodeID"], set())
                 need.update(a["Network"]["ID"] for a in t["NetworksAttachments"])
+        ingress = self.net.ingress()
+        if ingress is not None:  # every node takes part in the routing mesh
+            for node in self.objs.list("nodes"):
+                if not any(a["Network"]["ID"] == ingress["ID"] for a in node.get("Attachments") or []):
+                    node_needs.setdefault(node["ID"], set()).add(ingress["ID"])
         for nid, nets in node_needs.items():
             node = self.objs.get("nodes", nid)
             if node is None:

@@ -102,6 +102,8 @@ class AgentSession:
         self.send = send
         self.sent: dict[str, tuple] = {}
         self.dirty = asyncio.Event()
+        self.net_dirty = asyncio.Event()
+        self.netmap: dict | None = None
         self.closed = False
 
 
@@ -127,7 +129,7 @@ class Dispatcher:
         self.last_seen[node_id] = time.monotonic()
 
     async def run(self) -> None:
-        watcher = self.objs.watcher(("tasks", "clusters"))
+        watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes"))
         checker = asyncio.create_task(self._check_heartbeats(), name="heartbeats")
         interval = self.interval
         try:
@@ -140,6 +142,9 @@ class Dispatcher:
                             await s.send({"type": "config", "heartbeat": interval})
                 tasks = self.objs.cache["tasks"]
                 nodes = set()
+                if any(kind != "clusters" for kind, _ in changes):
+                    for s in self.sessions.values():
+                        s.net_dirty.set()
                 for kind, tid in changes:
                     if kind != "tasks":
                         continue
@@ -196,8 +201,7 @@ class Dispatcher:
                    addr: str) -> AgentSession:
         old = self.sessions.get(node_id)
         if old is not None:
-            old.closed = True
-            old.dirty.set()
+            self.close(old)
         s = AgentSession(node_id, send)
         self.sessions[node_id] = s
         self.seen(node_id)
@@ -210,8 +214,25 @@ class Dispatcher:
     def close(self, s: AgentSession) -> None:
         s.closed = True
         s.dirty.set()
+        s.net_dirty.set()
         if self.sessions.get(s.node_id) is s:
             del self.sessions[s.node_id]
+
+    async def net_pump(self, s: AgentSession) -> None:
+        """Send the node its network map whenever it changes (changes are gathered for 50 ms)."""
+        from shoal.network import netmap
+
+        s.net_dirty.set()
+        while not s.closed:
+            await s.net_dirty.wait()
+            await asyncio.sleep(0.05)
+            s.net_dirty.clear()
+            if s.closed:
+                return
+            m = netmap.compute(self.objs, s.node_id)
+            if m != s.netmap:
+                await s.send({"type": "netmap", "map": m})
+                s.netmap = m
 
     async def pump(self, s: AgentSession) -> None:
         """Send the node its task changes until the session closes."""
