@@ -163,7 +163,6 @@ class SimAgent:
         self.endings: dict[str, int] = {}  # task id -> exit code to end with once running
         self.crash = crash  # service id -> how many more of its tasks fail once running (shared by all agents)
         self.reported: dict[str, str] = {}  # task id -> last state this agent reported (and was accepted)
-        self.events: list[tuple[float, str, str]] = []  # (monotonic time, task id, state)
         self.paused = False
 
     def end(self, task_id: str, exit_code: int = 1) -> None:
@@ -194,7 +193,6 @@ class SimAgent:
             t = self.objs.get("tasks", task_id)
             if t is not None and t["Status"]["State"] == state:
                 self.reported[task_id] = state
-                self.events.append((time.monotonic(), task_id, state))
 
     async def step(self, task_id: str) -> None:
         t = self.objs.get("tasks", task_id)
@@ -252,13 +250,15 @@ class Swarm:
             self._tasks.append(asyncio.create_task(ctl.run(), name=ctl.name))
 
     async def stop(self) -> None:
+        """Cancel controllers and agents; each must end promptly (a daemon's leave/stop does this)."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        done, stuck = await asyncio.wait(self._tasks, timeout=2)
         await self.objs.stop()
         await self.store.close()
+        assert not stuck, f"did not stop when cancelled: {sorted(t.get_name() for t in stuck)}"
+        for t in done:
+            assert t.cancelled() or t.exception() is None, f"{t.get_name()} crashed: {t.exception()!r}"
 
     async def add_node(self, role: str = "worker", labels: dict[str, str] | None = None) -> str:
         node = make_node(len(self.nodes) + 1, role=role, labels=labels)
@@ -382,8 +382,10 @@ async def running_swarm(nodes: int = 3, *, retention: int = 5, store: Any = None
         await h.start(nodes)
         yield h
     finally:
-        await h.stop()
-        logging.getLogger("shoal").removeHandler(handler)
+        try:
+            await h.stop()
+        finally:
+            logging.getLogger("shoal").removeHandler(handler)
     assert not handler.records, [r.getMessage() for r in handler.records]
 
 
