@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.runner import TaskRunner
 from shoal.model import states
+
+if TYPE_CHECKING:
+    from shoal.network.agent import NetworkAgent
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,12 @@ class Session(Protocol):
 
 
 class Agent:
-    def __init__(self, node_id: str, session: Session, executor: DockerExecutor) -> None:
+    def __init__(self, node_id: str, session: Session, executor: DockerExecutor,
+                 network: NetworkAgent | None = None) -> None:
         self.node_id = node_id
         self.session = session
         self.ex = executor
+        self.network = network  # None: no swarm networking (containers stay on the default bridge)
         self.runners: dict[str, TaskRunner] = {}
         self._resync = asyncio.Event()
 
@@ -83,7 +88,7 @@ class Agent:
             container = containers.get(tid) if containers is not None else None
             if containers is None and states.terminal(task["Status"]["State"]):
                 continue  # finished before we knew it; nothing to run
-            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container)
+            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network)
             self.runners[tid] = r
             r.start()
         for tid in [t for t in self.runners if t not in assigned]:

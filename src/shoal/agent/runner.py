@@ -11,6 +11,7 @@ from shoal.agent.executor.docker import DockerExecutor, ExecutorError
 from shoal.model import states
 from shoal.model.ids import now
 from shoal.model.service import DEFAULT_STOP_GRACE
+from shoal.network.agent import NetworkAgent, NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,11 @@ class TaskRunner:
     """Drives one task toward its desired state. :meth:`poke` after the task or its container changed."""
 
     def __init__(self, task: dict, node_id: str, executor: DockerExecutor, report: Report,
-                 container: dict | None = None) -> None:
+                 container: dict | None = None, network: NetworkAgent | None = None) -> None:
         self.task = task
         self.node_id = node_id
         self.ex = executor
+        self.network = network  # None: containers get no swarm networks
         self._report = report
         self.cid: str | None = container["Id"] if container else None
         self.observed = task["Status"]["State"]
@@ -145,7 +147,15 @@ class TaskRunner:
         if not await self.ex.image_present(image):
             with contextlib.suppress(ExecutorError):
                 await self.ex.pull(image)
-        return await self.ex.create(self.task, self.node_id)
+        if self.network is None:
+            return await self.ex.create(self.task, self.node_id)
+        try:
+            extra = await self.network.prepare_task(self.task)
+            cid = await self.ex.create(self.task, self.node_id, extra)
+            await self.network.connect_extra(self.task, cid)
+        except NetworkError as e:
+            raise ExecutorError(str(e)) from None
+        return cid
 
     async def _shutdown(self) -> None:
         code = None

@@ -8,34 +8,70 @@ for their networks.
 - :mod:`shoal.network.lb` — nftables: VIP and ingress load balancing, SNAT, isolation between networks;
 - :mod:`shoal.network.dns` — service discovery for the containers on this node.
 Everything is computed from the whole map and applied as a whole, so a restart rebuilds it.
+
+Task containers join a swarm network through its engine-local *twin*: a network of the engine with
+driver and IPAM driver ``shoal``, named like the swarm network, carrying its subnet and gateway and the
+option ``shoal.network.id``. The twins are made on demand by :meth:`NetworkAgent.prepare_task` and removed
+once no task of this node uses their swarm network any more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
 
 log = logging.getLogger(__name__)
 
+DRIVER = "shoal"
+TWIN_LABEL = "shoal.network"
+TWIN_ID = "shoal.network.id"  # label and driver option: the swarm network's ID
+NETWORK_WAIT = 20.0  # how long a task waits for its networks to appear in the applied map
+ADDRESS_WAIT = 5.0  # ... and for this node's own address on its DNS network
+KEEP_RECENT = 60.0  # a twin used by a task preparation this recently is never pruned
+
+
+class NetworkError(Exception):
+    """A task's networks cannot be set up; the message says why."""
+
+
+def _ip(cidr: str) -> str:
+    return cidr.split("/")[0]
+
 
 class NetworkAgent:
-    def __init__(self, node_id: str, engine_url: str, plugin_dir: Path = Path("/run/docker/plugins")) -> None:
+    def __init__(self, node_id: str, engine_url: str, plugin_dir: Path = Path("/run/docker/plugins"),
+                 *, overlay: Any = None, lb: Any = None, dns: Any = None) -> None:
+        """``overlay``, ``lb`` and ``dns`` replace the default components (tests)."""
         self.node_id = node_id
         self.engine_url = engine_url
         self.plugin_dir = plugin_dir
         self.netmap: dict = {"node": {"id": node_id, "addr": ""}, "networks": {}, "peers": {}, "services": []}
         self.applied = asyncio.Event()
         self._lock = asyncio.Lock()
-        from shoal.network.dns import DNSServer
-        from shoal.network.lb import LoadBalancer
-        from shoal.network.overlay import Overlay
+        self._twin_lock = asyncio.Lock()
+        self._ready: set[str] = set()  # networks whose bridge is in place on this node
+        self._changed = asyncio.Event()  # replaced after every apply
+        self._recent: dict[str, float] = {}  # swarm network ID -> last time a task was prepared on it
+        self._docker: aiodocker.Docker | None = None
         from shoal.network.plugin import PluginServer
 
         self.plugin = PluginServer(self, plugin_dir / "shoal.sock")
-        self.overlay = Overlay()
-        self.lb = LoadBalancer()
-        self.dns = DNSServer()
+        if overlay is None:
+            from shoal.network.overlay import Overlay
+            overlay = Overlay()
+        if lb is None:
+            from shoal.network.lb import LoadBalancer
+            lb = LoadBalancer()
+        if dns is None:
+            from shoal.network.dns import DNSServer
+            dns = DNSServer()
+        self.overlay, self.lb, self.dns = overlay, lb, dns
 
     async def start(self) -> None:
         await self.plugin.start()
@@ -44,12 +80,17 @@ class NetworkAgent:
     async def stop(self) -> None:
         await self.dns.stop()
         await self.plugin.stop()
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
 
     async def cleanup(self) -> None:
         """Leaving the swarm: remove every link, rule and engine network shoal made on this node."""
         async with self._lock:
+            await self._prune_twins(keep=set(), force=True)
             await self.lb.clear()
             await self.overlay.clear()
+            self._ready = set()
             await self.dns.stop()
 
     async def apply(self, netmap: dict) -> None:
@@ -58,11 +99,147 @@ class NetworkAgent:
             self.netmap = netmap
             try:
                 await self.overlay.sync(netmap)
+                self._ready = set(self.overlay.ready)
+                self._notify()
                 await self.lb.sync(netmap)
                 await self.dns.update(netmap)
                 self.applied.set()
             except Exception:
                 log.exception("applying the network map failed")
+            await self._prune_twins(keep=set(netmap.get("networks") or {}))
 
     def network(self, net_id: str) -> dict | None:
         return self.netmap["networks"].get(net_id)
+
+    # -- task containers -------------------------------------------------------------------------------
+    async def prepare_task(self, task: dict) -> dict:
+        """Extra container-create config attaching the task to its first network (and its DNS)."""
+        atts = task.get("NetworksAttachments") or []
+        if not atts:
+            return {}
+        dns_net = self._dns_network(atts)
+        await self._wait_for([a["Network"]["ID"] for a in atts], dns_net)
+        first = atts[0]
+        name = await self._twin(first["Network"])
+        host: dict[str, Any] = {"NetworkMode": name}
+        local = (self.network(dns_net) or {}).get("local_addr")
+        if local:
+            host["Dns"] = [_ip(local)]
+        return {"HostConfig": host,
+                "NetworkingConfig": {"EndpointsConfig": {name: self._endpoint(task, first)}}}
+
+    async def connect_extra(self, task: dict, container_id: str) -> None:
+        """Connect the created (not yet started) container to the task's other networks."""
+        for att in (task.get("NetworksAttachments") or [])[1:]:
+            name = await self._twin(att["Network"])
+            body = {"Container": container_id, "EndpointConfig": self._endpoint(task, att)}
+            try:
+                await (await self._engine().networks.get(name)).connect(body)
+            except DockerError as e:
+                if "already exists" not in e.message:  # connected before a restart of shoald
+                    raise NetworkError(f"connecting to network {name}: {e.message}") from None
+
+    @staticmethod
+    def _endpoint(task: dict, att: dict) -> dict:
+        service = (task.get("ServiceAnnotations") or {}).get("Name")
+        # never the service name itself: Docker's DNS would answer it with task IPs instead of the VIP
+        aliases = [a for a in att.get("Aliases") or [] if a and a != service]
+        cfg: dict[str, Any] = {"IPAMConfig": {"IPv4Address": _ip(att["Addresses"][0])}}
+        if aliases:
+            cfg["Aliases"] = aliases
+        return cfg
+
+    def _dns_network(self, atts: list[dict]) -> str:
+        """The network whose node address serves DNS: the first one that is not the ingress network.
+
+        The DNS server tells networks apart by the querier's address, and on ingress there are no
+        service names to answer.
+        """
+        for att in atts:
+            if not (att["Network"].get("Spec") or {}).get("Ingress"):
+                return att["Network"]["ID"]
+        return atts[0]["Network"]["ID"]
+
+    async def _wait_for(self, ids: list[str], dns_net: str) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            missing = [i for i in ids if i not in self._ready]
+            no_addr = not (self.network(dns_net) or {}).get("local_addr")
+            waited = loop.time() - start
+            if not missing and (not no_addr or waited >= ADDRESS_WAIT):
+                if no_addr:
+                    log.warning("no address of this node on network %s yet: task without shoal DNS", dns_net)
+                return
+            if missing and waited >= NETWORK_WAIT:
+                raise NetworkError(f"network {', '.join(missing)} is not set up on this node "
+                                   f"(not in the network map after {NETWORK_WAIT:.0f}s)")
+            limit = (NETWORK_WAIT if missing else ADDRESS_WAIT) - waited
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(limit, 0.01))
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- engine-local twin networks ------------------------------------------------------------------
+    def _engine(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.engine_url)
+        return self._docker
+
+    async def _twins(self) -> list[dict]:
+        return await self._engine().networks.list(filters={"label": [TWIN_LABEL]})
+
+    async def _twin(self, net: dict) -> str:
+        """The name of the engine-local network standing for swarm network ``net``, made if missing."""
+        nid = net["ID"]
+        async with self._twin_lock:
+            self._recent[nid] = asyncio.get_running_loop().time()
+            for t in await self._twins():
+                if (t.get("Labels") or {}).get(TWIN_ID) == nid:
+                    return t["Name"]
+            name = net["Spec"]["Name"]
+            clash = [n for n in await self._engine().networks.list(filters={"name": [name]}) if n["Name"] == name]
+            if clash and (clash[0].get("Labels") or {}).get(TWIN_LABEL):
+                with contextlib.suppress(DockerError):  # twin of an older swarm network of that name
+                    await (await self._engine().networks.get(clash[0]["Id"])).delete()
+                    clash = []
+            if clash:
+                name = f"{name}-{nid[:12]}"
+            cfg = ((net.get("IPAMOptions") or {}).get("Configs") or [{}])[0]
+            if not cfg.get("Subnet"):
+                raise NetworkError(f"swarm network {net['Spec']['Name']} has no subnet allocated")
+            ipam: dict[str, Any] = {"Subnet": cfg["Subnet"]}
+            if cfg.get("Gateway"):
+                ipam["Gateway"] = cfg["Gateway"]
+            body = {
+                "Name": name, "Driver": DRIVER, "CheckDuplicate": True,
+                "Internal": bool(net["Spec"].get("Internal")),
+                "IPAM": {"Driver": DRIVER, "Config": [ipam]},
+                "Options": {TWIN_ID: nid}, "Labels": {TWIN_LABEL: "1", TWIN_ID: nid},
+            }
+            try:
+                await self._engine().networks.create(body)
+            except DockerError as e:
+                raise NetworkError(f"creating engine network {name}: {e.message}") from None
+            log.info("engine network %s made for swarm network %s", name, nid)
+            return name
+
+    async def _prune_twins(self, keep: set[str], force: bool = False) -> None:
+        """Remove the twins of swarm networks not in ``keep`` (the engine refuses while in use)."""
+        now = asyncio.get_running_loop().time()
+        try:
+            async with self._twin_lock:
+                for t in await asyncio.wait_for(self._twins(), 10):
+                    nid = (t.get("Labels") or {}).get(TWIN_ID, "")
+                    if nid in keep or (not force and now - self._recent.get(nid, -KEEP_RECENT) < KEEP_RECENT):
+                        continue
+                    try:
+                        await asyncio.wait_for((await self._engine().networks.get(t["Id"])).delete(), 10)
+                        self._recent.pop(nid, None)
+                        log.info("engine network %s removed", t["Name"])
+                    except DockerError as e:
+                        log.debug("engine network %s kept: %s", t["Name"], e.message)
+        except Exception as e:  # the engine is away: next time
+            log.warning("cannot prune engine networks: %s", e)

@@ -102,8 +102,23 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
     if cs.get("Healthcheck"):
         cfg["Healthcheck"] = cs["Healthcheck"]
     if extra:
-        cfg.update(extra)
+        _merge(cfg, extra)
     return cfg
+
+
+def _merge(cfg: dict, extra: dict) -> None:
+    """Add ``extra`` (e.g. network settings) to a create body; its HostConfig keys go into HostConfig and
+    its ``Dns`` servers come before the task's own."""
+    for key, value in extra.items():
+        if key != "HostConfig":
+            cfg[key] = value
+            continue
+        host = cfg["HostConfig"]
+        for hkey, hvalue in value.items():
+            if hkey == "Dns":
+                host["Dns"] = list(hvalue) + [d for d in host.get("Dns") or [] if d not in hvalue]
+            else:
+                host[hkey] = hvalue
 
 
 def _host_entry(h: str) -> str:
@@ -190,8 +205,8 @@ class DockerExecutor:
         except DockerError as e:
             raise ExecutorError(e.message) from None
 
-    async def create(self, task: dict, node_id: str) -> str:
-        cfg = container_config(task, node_id)
+    async def create(self, task: dict, node_id: str, extra: dict | None = None) -> str:
+        cfg = container_config(task, node_id, extra)
         try:
             c = await self.docker.containers.create(cfg, name=task_name(task))
         except DockerError as e:

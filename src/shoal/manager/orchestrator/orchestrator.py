@@ -117,7 +117,13 @@ class Orchestrator(Controller):
             if not runnable(t):
                 continue
             dead = states.terminal(observed(t)) or self._node_gone(svc, t)
+            if dead and t["DesiredState"] == states.READY and self.restarts.waiting(t["ID"]):
+                # a replacement that failed while being prepared (e.g. a missing bind source) keeps
+                # its slot, and shows its error, until its own restart delay is over
+                live.append(t)
+                continue
             if dead:
+                self.restarts.forget(t["ID"])
                 nt = self._restart(svc, t, group, out, node_id)
                 if nt is not None:
                     live.append(nt)
@@ -133,6 +139,8 @@ class Orchestrator(Controller):
 
     def _promote(self, live: list[dict], tasks_by_id: dict[str, dict], out: list[Change]) -> None:
         for t in live:
+            if states.terminal(observed(t)):
+                continue
             if t["DesiredState"] == states.READY and self.restarts.may_start(t, tasks_by_id):
                 out.append(Change("tasks", set_desired(t, states.RUNNING)))
 

@@ -39,6 +39,11 @@ class RestartSupervisor:
         del self._waits[task["ID"]]
         return True
 
+    def waiting(self, task_id: str) -> bool:
+        """The task's restart delay has not yet passed."""
+        w = self._waits.get(task_id)
+        return w is not None and time.monotonic() < w.start_at
+
     def forget(self, task_id: str) -> None:
         self._waits.pop(task_id, None)
 

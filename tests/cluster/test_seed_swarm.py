@@ -1,0 +1,219 @@
+"""The seed's three-host walk-through (manager, worker1, worker2) in `shoal lab`: spread, availability,
+labels and constraints, node loss, joining security and mounts — each host a separate network
+namespace with its own Docker Engine and shoald."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from shoal.lab.lab import Lab, down, lab_exists
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ("manager", "worker1", "worker2")
+WEB = "shoal/demo-web:latest"
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def lab(docker_engine) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root", pytrace=False)
+    if lab_exists():
+        pytest.fail("a lab already exists on this machine; `shoal lab down` removes it", pytrace=False)
+    the_lab = Lab.up(workers=2, swarm=True, out=lambda m: print(m, file=sys.stderr))
+    try:
+        yield the_lab
+    finally:
+        down(out=lambda m: print(m, file=sys.stderr))
+
+
+def mgr(lab: Lab, *args: str, check: bool = True):
+    return lab.docker("manager", *args, check=check)
+
+
+def node_ids(lab: Lab) -> dict[str, str]:
+    out = mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.ID}}").stdout.split("\n")
+    return dict(line.split() for line in out if line.strip())
+
+
+def placement(lab: Lab, service: str) -> Counter:
+    """Running containers of ``service`` per host, as each host's own engine reports them."""
+    counts: Counter = Counter()
+    for h in HOSTS:
+        try:
+            out = lab.engine_docker(h, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}",
+                                    check=True).stdout
+        except Exception:
+            continue  # a killed host's engine does not answer
+        counts[h] = len(out.split())
+    return counts
+
+
+def running_tasks(lab: Lab, service: str) -> list[dict]:
+    out = mgr(lab, "service", "ps", service, "--filter", "desired-state=running", "--format", "{{json .}}").stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [r for r in rows if r["CurrentState"].startswith("Running")]
+
+
+def test_node_ls_like_the_seed(lab: Lab) -> None:
+    out = mgr(lab, "node", "ls").stdout.splitlines()
+    assert out[0].split() == ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ENGINE",
+                              "VERSION"]
+    rows = {line.split()[1 if "*" not in line else 2]: line for line in out[1:]}
+    assert set(rows) == set(HOSTS)
+    assert "*" in rows["manager"] and "Leader" in rows["manager"]
+    for h in HOSTS:
+        assert "Ready" in rows[h] and "Active" in rows[h]
+
+
+def test_spread_over_three_hosts(lab: Lab) -> None:
+    mgr(lab, "service", "create", "--name", "test-app", "--replicas=4", WEB)
+    counts = wait_for(lambda: (c := placement(lab, "test-app")) and sum(c.values()) == 4 and c, 20,
+                      "4 containers")
+    assert max(counts.values()) <= 2 and len([h for h in HOSTS if counts[h]]) == 3
+    # each host's `docker ps` shows its share, and the page names the container
+    for h in HOSTS:
+        ids = lab.engine_docker(h, "ps", "-q", "--filter", "label=com.docker.swarm.service.name=test-app").stdout
+        for cid in ids.split():
+            page = lab.engine_docker(h, "exec", cid, "wget", "-qO-", "http://127.0.0.1/").stdout
+            assert f"Hello from {cid[:12]}" in page
+
+
+def test_drain_active_pause(lab: Lab) -> None:
+    before = placement(lab, "test-app")
+    assert before["worker1"] >= 1
+    mgr(lab, "node", "update", "--availability", "drain", "worker1")
+    wait_for(lambda: placement(lab, "test-app")["worker1"] == 0 and len(running_tasks(lab, "test-app")) == 4,
+             20, "worker1's tasks to move")
+    after_drain = placement(lab, "test-app")
+    assert sum(after_drain.values()) == 4
+    mgr(lab, "node", "update", "--availability", "active", "worker1")
+    time.sleep(3)
+    assert placement(lab, "test-app") == after_drain  # Swarm does not rebalance
+    mgr(lab, "node", "update", "--availability", "pause", "worker2")
+    paused_had = placement(lab, "test-app")["worker2"]
+    mgr(lab, "service", "scale", "test-app=7")
+    wait_for(lambda: len(running_tasks(lab, "test-app")) == 7, 20, "7 running")
+    assert placement(lab, "test-app")["worker2"] == paused_had  # running tasks stay, no new ones
+    mgr(lab, "node", "update", "--availability", "active", "worker2")
+    mgr(lab, "service", "rm", "test-app")
+
+
+def test_labels_and_constraints(lab: Lab) -> None:
+    ids = node_ids(lab)
+    mgr(lab, "node", "update", "--label-add", "storage=hdd", "worker1")
+    mgr(lab, "node", "update", "--label-add", "storage=ssd", "worker2")
+    mgr(lab, "service", "create", "--name", "hdd", "--constraint", "node.labels.storage == hdd", "--replicas=5", WEB)
+    assert placement(lab, "hdd") == Counter({"worker1": 5, "manager": 0, "worker2": 0})
+    mgr(lab, "service", "create", "--name", "onw2", "--constraint", f"node.id == {ids['worker2']}",
+        "--replicas=3", WEB)
+    assert placement(lab, "onw2")["worker2"] == 3 and sum(placement(lab, "onw2").values()) == 3
+    # no node qualifies: created, tasks pending with the reason; placed once a node gets the label
+    cp = mgr(lab, "service", "create", "-d", "--name", "nvme", "--constraint", "node.labels.storage == nvme",
+             "--replicas=2", WEB)
+    assert cp.returncode == 0
+    err = wait_for(lambda: mgr(lab, "service", "ps", "nvme", "--no-trunc", "--format", "{{.Error}}").stdout.strip(),
+                   10, "the pending reason")
+    assert "no suitable node (scheduling constraints not satisfied on 3 nodes)" in err
+    assert all(r["CurrentState"].startswith("Pending") for r in
+               (json.loads(x) for x in mgr(lab, "service", "ps", "nvme", "--format", "{{json .}}").stdout.split("\n")
+                if x.strip()))
+    mgr(lab, "node", "update", "--label-add", "storage=nvme", "manager")
+    wait_for(lambda: placement(lab, "nvme")["manager"] == 2, 20, "nvme tasks on the manager")
+    for s in ("hdd", "onw2", "nvme"):
+        mgr(lab, "service", "rm", s)
+
+
+def test_worker_cannot_manage_and_bad_tokens(lab: Lab) -> None:
+    cp = lab.docker("worker1", "service", "create", "--name", "x", WEB, check=False)
+    assert cp.returncode != 0 and "Worker nodes can't be used to view or modify cluster state" in cp.stderr
+    cp = lab.docker("worker1", "node", "ls", check=False)
+    assert cp.returncode != 0 and "not a swarm manager" in cp.stderr
+    token = mgr(lab, "swarm", "join-token", "-q", "worker").stdout.strip()
+    assert token.startswith("SWMTKN-1-")
+    # a plain client on the cluster port gets no HTTP answer
+    addr = lab.host("manager").ip
+    probe = ("import socket,sys; s=socket.create_connection((sys.argv[1],2377),timeout=3); "
+             "s.sendall(b'GET /session HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');\n"
+             "try: d=s.recv(100)\nexcept OSError: d=b''\nprint(d[:5])")
+    cp = lab.exec("worker2", sys.executable, "-c", probe, addr)
+    assert "HTTP/" not in cp.stdout
+
+
+def test_node_loss_and_return(lab: Lab) -> None:
+    mgr(lab, "service", "create", "--name", "resilient", "--replicas=6", WEB)
+    wait_for(lambda: placement(lab, "resilient")["worker2"] >= 1, 10, "tasks on worker2")
+    t0 = time.monotonic()
+    lab.kill("worker2")
+    wait_for(lambda: len(running_tasks(lab, "resilient")) == 6 and all(
+        r["Node"] != "worker2" for r in running_tasks(lab, "resilient")), 30, "6 running off worker2", 0.1)
+    took = time.monotonic() - t0
+    print(f"node loss: all 6 replicas running elsewhere {took:.1f}s after the kill", file=sys.stderr)
+    status = mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout
+    assert "worker2 Down" in status
+    lab.start("worker2")
+    wait_for(lambda: "worker2 Ready" in mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout,
+             30, "worker2 back")
+    time.sleep(3)
+    assert sum(placement(lab, "resilient").values()) == 6
+    # a partition: the cut-off host's tasks are replaced; after heal its stale copies stop
+    lab.partition("worker1")
+    wait_for(lambda: len(running_tasks(lab, "resilient")) == 6 and all(
+        r["Node"] != "worker1" for r in running_tasks(lab, "resilient")), 30, "6 running off worker1")
+    lab.heal("worker1")
+    wait_for(lambda: sum(placement(lab, "resilient").values()) == 6, 30, "exactly 6 containers after heal")
+    time.sleep(2)
+    assert sum(placement(lab, "resilient").values()) == 6
+    mgr(lab, "service", "rm", "resilient")
+
+
+def test_bind_mount_missing_on_one_node(lab: Lab) -> None:
+    # /run is private per host: the source exists on manager and worker1 only
+    for h in ("manager", "worker1"):
+        lab.exec(h, "mkdir", "-p", "/run/seed-logs", check=True)
+    cp = mgr(lab, "service", "create", "--name", "binder", "--replicas=6",
+             "--mount", "type=bind,source=/run/seed-logs,target=/var/log/web", WEB, check=False)
+    out = cp.stdout + cp.stderr
+    assert 'invalid mount config for type "bind": bind source path does not exist' in out
+
+    def converged():
+        rows = [json.loads(x) for x in mgr(lab, "service", "ps", "binder", "--no-trunc", "--format", "{{json .}}")
+                .stdout.splitlines() if x.strip()]
+        running = [r for r in rows if r["DesiredState"] == "Running" and r["CurrentState"].startswith("Running")]
+        rejected = [r for r in rows if r["CurrentState"].startswith("Rejected")]
+        return (len(running) == 6 and rejected) and (running, rejected)
+
+    running, rejected = wait_for(converged, 60, "6 running on the nodes that have the path")
+    assert {r["Node"] for r in running} <= {"manager", "worker1"}
+    assert all(r["Node"] == "worker2" for r in rejected)
+    assert all("bind source path does not exist: /run/seed-logs" in r["Error"] for r in rejected)
+    mgr(lab, "service", "rm", "binder")
+
+
+def test_volumes(lab: Lab) -> None:
+    mgr(lab, "service", "create", "--name", "vols", "--replicas=3",
+        "--mount", "type=volume,source=web-logs,target=/var/log/web",
+        "--mount", "type=volume,target=/anon,volume-nocopy", WEB)
+    for h, n in placement(lab, "vols").items():
+        if n:
+            vols = lab.engine_docker(h, "volume", "ls", "--format", "{{.Name}}").stdout.split()
+            assert "web-logs" in vols and len(vols) >= 2
+    mgr(lab, "service", "rm", "vols")
