@@ -1,68 +1,49 @@
 #!/usr/bin/env bash
-# Start shoald if it is not running, then run a 4-replica shoal/demo-web service
-# through it and show what the docker CLI sees. Leaves everything running
-# (undo with scripts/down.sh).
+# The seed's example on a 3-host swarm on this machine: `shoal lab up` (manager, worker1, worker2,
+# each with its own dockerd and shoald), then `docker service create --name test-app --replicas=4`
+# through the manager and `docker ps` on every host. Leaves the lab running (`make down` removes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-pidfile=/run/shoal/shoald.pid
-log=/var/log/shoald.log
-export DOCKER_HOST=unix:///run/shoal/shoal.sock
-
-shoald_up() { docker version >/dev/null 2>&1; }
+shoal=.venv/bin/shoal
 section() { printf '\n== %s\n' "$*"; }
 
-if ! shoald_up; then
-  if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    echo "demo: waiting for shoald (pid $(cat "$pidfile"))"
-  else
-    mkdir -p /run/shoal
-    echo "demo: starting shoald (log: $log)"
-    setsid nohup .venv/bin/shoal daemon </dev/null >"$log" 2>&1 &
-    echo $! >"$pidfile"
-  fi
-  for _ in $(seq 60); do
-    shoald_up && break
-    kill -0 "$(cat "$pidfile")" 2>/dev/null || break
-    sleep 0.5
-  done
-  if ! shoald_up; then
-    echo "demo: shoald does not answer on $DOCKER_HOST; end of $log:" >&2
-    tail -n 20 "$log" >&2
-    exit 1
-  fi
+if [[ ! -f /var/lib/shoal-lab/lab.json ]]; then
+  section "shoal lab up"
+  $shoal lab up
 fi
+eval "$($shoal lab env manager)"
+export DOCKER_HOST
 
-if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != active ]]; then
-  section "docker swarm init"
-  docker swarm init
-fi
+section "docker node ls"
+docker node ls
 if docker service inspect test-app >/dev/null 2>&1; then
-  section "docker service rm test-app"
-  docker service rm test-app
+  docker service rm test-app >/dev/null
+  sleep 2
 fi
-section "docker service create --name test-app --replicas 4 shoal/demo-web:latest"
+section "docker service create --name test-app --replicas=4 shoal/demo-web:latest"
 quiet=()
 [[ -t 1 ]] || quiet=(--quiet) # progress bars only on a terminal
-docker service create "${quiet[@]}" --name test-app --replicas 4 shoal/demo-web:latest
+docker service create "${quiet[@]}" --name test-app --replicas=4 shoal/demo-web:latest
+section "docker service ls"
+docker service ls
+section "docker service ps test-app"
+docker service ps test-app
 
-tasks() { docker ps -q --filter label=com.docker.swarm.service.name=test-app; }
-for _ in $(seq 60); do
-  [[ $(tasks | wc -l) -ge 4 ]] && break
-  sleep 0.5
-done
-
-section "docker service ls";         docker service ls
-section "docker service ps test-app"; docker service ps test-app
-section "docker node ls";            docker node ls
-section "docker ps";                 docker ps
-
-section "HTTP answers of the task containers"
-for id in $(tasks); do
-  answer=""
-  for _ in 1 2 3 4 5; do
-    answer=$(docker exec "$id" wget -qO- http://127.0.0.1/ 2>/dev/null) && break
-    sleep 0.5
+for host in manager worker1 worker2; do
+  engine="unix:///var/lib/shoal-lab/$host/docker.sock"
+  section "$host: docker ps"
+  docker -H "$engine" ps --format "table {{.ID}}\t{{.Status}}\t{{.Image}}\t{{.Names}}"
+  for id in $(docker -H "$engine" ps -q --filter label=com.docker.swarm.service.name=test-app); do
+    printf '%s answers: ' "$id"
+    docker -H "$engine" exec "$id" wget -qO- http://127.0.0.1/
   done
-  echo "$id: ${answer:-no answer}"
 done
+
+cat <<MSG
+
+The lab is up. Talk to it with the docker CLI:
+  eval "\$($shoal lab env manager)"    # or worker1, worker2
+  docker service ls
+Faults: $shoal lab kill worker2 | start worker2 | partition worker1 | heal worker1
+Remove everything: make down
+MSG

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -105,7 +104,6 @@ class Lab:
         tag = f"slbt{os.getpid()}"
         self.ns = {n: f"{tag}-{n}" for n in ("node", "client", "outside", "stranger", "c1", "c2", "c3")}
         self.procs: list[subprocess.Popen] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="shoal-lbt-"))
 
     def build(self) -> None:
         for ns in self.ns.values():
@@ -151,8 +149,8 @@ class Lab:
         return json.loads(sh(sys.executable, "-c", CLIENT, host, str(port), str(n), ns=self.ns[ns]))
 
     def sync(self, netmap: dict) -> None:
-        env_path = f"{ROOT / 'src'}"
-        sh("env", f"PYTHONPATH={env_path}", sys.executable, "-c", DRIVER, ns=self.ns["node"],
+        """Apply ``netmap`` with :class:`LoadBalancer` inside the node namespace."""
+        sh("env", f"PYTHONPATH={ROOT / 'src'}", sys.executable, "-c", DRIVER, ns=self.ns["node"],
            input=json.dumps(netmap))
 
     def teardown(self) -> None:
@@ -161,7 +159,6 @@ class Lab:
             p.wait(timeout=10)
         for ns in self.ns.values():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

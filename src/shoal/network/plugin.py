@@ -127,6 +127,9 @@ class PluginServer:
         except (PluginError, NetlinkError, ValueError, KeyError) as e:
             log.warning("plugin %s failed: %s", method, e)
             reply, status = {"Err": str(e) or type(e).__name__}, 500
+        except Exception as e:
+            log.exception("plugin %s", method)
+            reply, status = {"Err": f"shoal: {e}"}, 500
         log.debug("plugin %s %s -> %s", method, raw[:400], reply)
         return web.Response(body=json.dumps(reply).encode(), status=status, content_type=CONTENT_TYPE)
 
