@@ -151,9 +151,14 @@ class TaskRunner:
             return await self.ex.create(self.task, self.node_id)
         try:
             extra = await self.network.prepare_task(self.task)
-            cid = await self.ex.create(self.task, self.node_id, extra)
+        except NetworkError as e:
+            raise ExecutorError(str(e)) from None
+        cid = await self.ex.create(self.task, self.node_id, extra)
+        try:
             await self.network.connect_extra(self.task, cid)
         except NetworkError as e:
+            with contextlib.suppress(ExecutorError):
+                await self.ex.remove(cid)
             raise ExecutorError(str(e)) from None
         return cid
 

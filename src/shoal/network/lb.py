@@ -31,13 +31,7 @@ import json
 import logging
 from pathlib import Path
 
-try:
-    from shoal.network.overlay import bridge_name
-except ImportError:  # overlay's dependencies (pyroute2) missing: same naming rule
-
-    def bridge_name(net_id: str) -> str:
-        return "sbr-" + net_id[:10]
-
+from shoal.network.overlay import bridge_name
 
 log = logging.getLogger(__name__)
 
