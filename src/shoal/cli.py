@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--etcd-peer-port", type=int, default=2380)
     d.add_argument("--listen-addr", default="", help="cluster port address (default: as swarm init/join says)")
     d.add_argument("--advertise-addr", default="", help="address other nodes reach this one at")
+    d.add_argument("--no-networking", action="store_true",
+                   help="no overlay networks on this host (e.g. a second shoald sharing a host for tests)")
+    d.add_argument("--plugin-dir", default="/run/docker/plugins", help="where the engine looks for plugins")
     d.add_argument("--debug", action="store_true")
     add_lab_parser(sub)
     args = p.parse_args(argv)
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         opts = Options(data_dir=Path(args.data_dir), socket=args.socket, engine=args.engine,
                        etcd_client_port=args.etcd_client_port, etcd_peer_port=args.etcd_peer_port,
-                       listen_addr=args.listen_addr, advertise_addr=args.advertise_addr)
+                       listen_addr=args.listen_addr, advertise_addr=args.advertise_addr,
+                       networking=not args.no_networking, plugin_dir=Path(args.plugin_dir))
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_run_daemon(opts))
     return 0

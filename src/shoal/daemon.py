@@ -38,6 +38,7 @@ from shoal.model.errors import APIError, BadRequest, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
 from shoal.model.network import ingress_spec, new_network
 from shoal.model.service import SECOND
+from shoal.network.agent import NetworkAgent
 from shoal.store.etcd_member import EtcdMember
 from shoal.store.objects import Objects
 from shoal.tls import NodeTLS, ca_only_context, insecure_context, key_pem, make_csr, new_key, sign_csr
@@ -99,6 +100,8 @@ class Options:
     etcd_peer_port: int = 2380
     listen_addr: str = ""  # cluster port; overrides the request's default 0.0.0.0:2377
     advertise_addr: str = ""  # used when a request names none
+    networking: bool = True  # overlay networks, VIPs, routing mesh, DNS on this host
+    plugin_dir: Path = Path("/run/docker/plugins")
 
 
 class Daemon:
@@ -116,6 +119,7 @@ class Daemon:
         self.etcd: EtcdMember | None = None
         self.executor: DockerExecutor | None = None
         self.session: RemoteSession | None = None
+        self.netagent: NetworkAgent | None = None
         self.dispatcher: Dispatcher | None = None
         self.netalloc: NetworkAllocator = None  # type: ignore[assignment]  # leader only
         self.alloc_lock = asyncio.Lock()
@@ -210,8 +214,22 @@ class Daemon:
         self.executor = DockerExecutor(f"unix://{self.opts.engine}")
         self.session = RemoteSession(managers, self.tls.client_context(), self._describe, self.addr)
         self.session.start()
-        agent = Agent(self.node_id, self.session, self.executor)
+        if self.opts.networking:
+            self.netagent = NetworkAgent(self.node_id, f"unix://{self.opts.engine}", self.opts.plugin_dir)
+            await self.netagent.start()
+            self._tasks.append(asyncio.create_task(self._follow_netmap(self.session, self.netagent),
+                                                   name="netmap"))
+        agent = Agent(self.node_id, self.session, self.executor, network=self.netagent)
         self._tasks.append(asyncio.create_task(agent.run(), name="agent"))
+
+    @staticmethod
+    async def _follow_netmap(session: RemoteSession, netagent: NetworkAgent) -> None:
+        """Apply every network map the managers push."""
+        while True:
+            await session.netmap_changed.wait()
+            session.netmap_changed.clear()
+            if session.netmap is not None:
+                await netagent.apply(session.netmap)
 
     async def _serve_cluster_port(self) -> None:
         assert self.dispatcher is not None
@@ -237,6 +255,8 @@ class Daemon:
             await self._cluster_runner.cleanup()
             self._cluster_runner = None
         self.dispatcher = None
+        if self.netagent:
+            await self.netagent.stop()
         if self.executor:
             await self.executor.close()
             self.executor = None
@@ -379,9 +399,13 @@ class Daemon:
                 raise Unavailable("This node is not part of a swarm")
             if self.role == "manager" and not force:
                 raise Unavailable(LEAVE_MANAGER)
+            netagent = self.netagent
             await self._stop_roles()
             await self._stop_store()
             await self._remove_task_containers()
+            if netagent is not None:
+                await netagent.cleanup()
+            self.netagent = None
             self.state_file.unlink(missing_ok=True)
             for sub in ("etcd", "certificates"):
                 shutil.rmtree(self.opts.data_dir / sub, ignore_errors=True)

@@ -44,8 +44,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Shoald:
     """One shoald process with its own data dir, socket and etcd ports."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *extra: str) -> None:
         self.root = root
+        self.extra = list(extra)
         self.data = root / "data"
         self.sock = str(root / "shoal.sock")
         self.log = root / "shoald.log"
@@ -61,7 +62,8 @@ class Shoald:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [*SHOAL, "daemon", "--data-dir", str(self.data), "--socket", self.sock,
-                 "--etcd-client-port", str(self.client_port), "--etcd-peer-port", str(self.peer_port)],
+                 "--etcd-client-port", str(self.client_port), "--etcd-peer-port", str(self.peer_port),
+                 *self.extra],
                 stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 def pair(docker_engine):
     """A manager and a worker (joined)."""
     with tempfile.TemporaryDirectory(prefix="shoal-m-") as m, tempfile.TemporaryDirectory(prefix="shoal-w-") as w:
-        mgr, wrk = Shoald(Path(m)), Shoald(Path(w))
+        # the worker shares this host's network namespace with the manager: only one may own its overlay links
+        mgr, wrk = Shoald(Path(m)), Shoald(Path(w), "--no-networking")
         mgr.cluster_port = free_port()
         mgr.start()
         wrk.start()
@@ -66,7 +67,7 @@ def test_bad_tokens_are_refused(pair, docker_engine):
     addr = f"127.0.0.1:{mgr.cluster_port}"
     token = mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
     with tempfile.TemporaryDirectory(prefix="shoal-x-") as x:
-        other = Shoald(Path(x))
+        other = Shoald(Path(x), "--no-networking")
         other.start()
         try:
             before = len(_node_ids(mgr))

@@ -72,7 +72,9 @@ def test_dnsrr_service_has_no_vip_rules() -> None:
 
 def test_ingress_port_dnat_to_target_port() -> None:
     text = render(NETMAP)
-    rule = ("fib daddr type local tcp dport 8080 dnat to numgen inc mod 3 "
+    # the mesh answers on the node's own addresses, never on overlay VIPs or bridge addresses
+    rule = ("fib daddr type local ip daddr != { 10.0.0.2, 10.0.0.4, 10.0.1.2, 10.0.1.3, 10.0.1.4 } "
+            "tcp dport 8080 dnat to numgen inc mod 3 "
             'map { 0 : 10.0.0.7, 1 : 10.0.0.8, 2 : 10.0.0.9 } : 80 comment "web 8080/tcp"')
     assert rule in chain(text, "prerouting")
     assert rule in chain(text, "output")

@@ -83,6 +83,11 @@ def render(netmap: dict, table: str = TABLE) -> str:
                 out.append(f"{match} {action}")
 
     ingress = ingress_network(netmap)
+    # the mesh answers on the node's own addresses, not on overlay addresses (VIPs, bridges) that are
+    # local only so containers can reach them
+    overlay_addrs = sorted({_ip(v) for svc in services for nid, v in (svc.get("vips") or {}).items() if nid in local}
+                           | {ip for nid, ip in local.items() if nid != ingress}, key=ipaddress.IPv4Address)
+    not_overlay = f"ip daddr != {{ {', '.join(overlay_addrs)} }} " if overlay_addrs else ""
     if ingress in local:
         for svc in services:
             backends = (svc.get("backends") or {}).get(ingress) or []
@@ -94,8 +99,8 @@ def render(netmap: dict, table: str = TABLE) -> str:
                 note = _comment(f"{svc['name']} {port['published']}/{proto}")
                 if backends:
                     action = f"dnat to {_spread(backends)} : {int(port['target'])} {note}"
-                    pre.append(f"fib daddr type local {match} {action}")
-                    out.append(f"fib daddr type local {match} {action}")
+                    pre.append(f"fib daddr type local {not_overlay}{match} {action}")
+                    out.append(f"fib daddr type local {not_overlay}{match} {action}")
                 else:
                     inp.append(f"{match} {_reject(proto)} {note}")
 

@@ -81,7 +81,15 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
         "Init": cs.get("Init"),
         "Isolation": "" if cs.get("Isolation") in (None, "default") else cs["Isolation"],
     }
+    host_ports = [p for p in (task.get("Endpoint") or {}).get("Ports") or
+                  ((task.get("Endpoint") or {}).get("Spec") or {}).get("Ports") or []
+                  if p.get("PublishMode") == "host"]
+    if host_ports:  # `--publish mode=host`: the engine binds the port on this node only
+        host["PortBindings"] = {
+            f"{p['TargetPort']}/{p.get('Protocol') or 'tcp'}": [{"HostPort": str(p.get("PublishedPort") or "")}]
+            for p in host_ports}
     cfg: dict[str, Any] = {
+        "ExposedPorts": {f"{p['TargetPort']}/{p.get('Protocol') or 'tcp'}": {} for p in host_ports},
         "Image": cs["Image"],
         "Labels": labels,
         "Env": cs.get("Env") or [],

@@ -33,14 +33,19 @@ def new_task(service: dict, slot: int, node_id: str = "", desired: str = states.
     }
     if node_id:
         task["NodeID"] = node_id
-    if spec.get("EndpointSpec"):
+    if service.get("Endpoint"):
+        task["Endpoint"] = json.loads(json.dumps(service["Endpoint"]))
+    elif spec.get("EndpointSpec"):
         task["Endpoint"] = {"Spec": spec["EndpointSpec"]}
     return task
 
 
 def is_dirty(service: dict, task: dict) -> bool:
     """The task was made from another version of the service's task template."""
-    return task.get("Spec") != (service["Spec"].get("TaskTemplate") or {})
+    if task.get("Spec") != (service["Spec"].get("TaskTemplate") or {}):
+        return True
+    ep = task.get("Endpoint")
+    return ep is not None and (ep.get("Spec") or {}) != (service["Spec"].get("EndpointSpec") or {"Mode": "vip"})
 
 
 def observed(task: dict) -> str:
