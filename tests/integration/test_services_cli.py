@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
-from conftest import DOCKER_V20, running_containers, wait_for
+from conftest import DOCKER_V20, DOCKER_V28, running_containers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -223,3 +224,33 @@ def test_ping_headers(shoald):
     status, _, _ = shoald.request("GET", "/v1.41/services")
     assert status == 200
 
+
+
+def test_proxy_streams_and_attaches(shoald, docker_engine):
+    """Non-swarm calls go to the engine untouched: attach (docker run), streaming logs, exec with stdin."""
+    cp = shoald.docker("run", "--rm", "shoal/demo-busybox:latest", "echo", "through shoald")
+    assert cp.stdout.strip() == "through shoald"
+    cp = subprocess.run([DOCKER_V28, "-H", shoald.host, "run", "--rm", "-i", "shoal/demo-busybox:latest", "cat"],
+                        input="piped in\n", capture_output=True, text=True, timeout=60)
+    assert cp.stdout.strip() == "piped in"
+    name = "shoal-proxy-logs"
+    shoald.docker("run", "-d", "--name", name, "shoal/demo-busybox:latest", "sh", "-c",
+                  "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.5; done")
+    try:
+        follow = subprocess.Popen([DOCKER_V28, "-H", shoald.host, "logs", "-f", name], stdout=subprocess.PIPE,
+                                  text=True)
+        first = follow.stdout.readline().strip()  # arrives while the container still runs
+        assert first == "line1"
+        rest = follow.communicate(timeout=30)[0].split()
+        assert rest == [f"line{i}" for i in range(2, 7)]
+    finally:
+        docker_engine.api.remove_container(name, force=True)
+
+
+def test_published_port_without_number_gets_one_from_the_range(shoald):
+    shoald.docker("service", "create", "-d", "--name", "autoport", "--publish", "target=80", IMAGE)
+    ports = json.loads(shoald.docker("service", "inspect", "autoport", "--format",
+                                     "{{json .Endpoint.Ports}}").stdout)
+    assert len(ports) == 1 and 30000 <= ports[0]["PublishedPort"] <= 32767
+    assert ports[0]["TargetPort"] == 80 and ports[0]["PublishMode"] == "ingress"
+    shoald.docker("service", "rm", "autoport")

@@ -41,7 +41,15 @@ async def update_status(objs: Objects, task_id: str, status: dict) -> bool:
         task["UpdatedAt"] = now()
         return True
 
-    return await objs.modify("tasks", task_id, apply) is not None
+    applied = False
+
+    def track(task: dict) -> bool:
+        nonlocal applied
+        applied = apply(task)
+        return applied
+
+    await objs.modify("tasks", task_id, track)
+    return applied
 
 
 class LocalSession:

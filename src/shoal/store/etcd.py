@@ -7,14 +7,21 @@ and its watch yields single events instead of per-revision batches.
 Several endpoints may be given; on a connection failure the store moves to the next one. Reads and
 watches are retried there; writes only when the error says the request never reached a server
 (a write that failed ambiguously surfaces as :class:`~shoal.store.base.StoreError`).
+
+Writes carry a short deadline (``write_timeout``, 3 s): a member that lost quorum would otherwise hold
+a proposal for ~7 s before failing it. Cluster membership (:meth:`EtcdStore.member_add`, ...) and
+maintenance (:meth:`EtcdStore.status`, :meth:`EtcdStore.snapshot`, ...) calls are here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -32,7 +39,7 @@ from shoal.store.base import (
     TxnResult,
 )
 
-__all__ = ["EtcdStore"]
+__all__ = ["EtcdStore", "Member", "initial_cluster"]
 
 T = TypeVar("T")
 
@@ -56,10 +63,37 @@ class _Disconnected(Exception):
     """The watch stream ended without an error status."""
 
 
+@dataclass(slots=True)
+class Member:
+    """One etcd cluster member. A member added but not started yet has no name and no client URLs."""
+
+    id: int
+    name: str
+    peer_urls: list[str]
+    client_urls: list[str]
+    is_learner: bool = False
+
+
+def _member(m: rpc.Member) -> Member:
+    return Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner)
+
+
+def initial_cluster(members: Sequence[Member], joiner: Member, joiner_name: str) -> str:
+    """etcd's ``--initial-cluster`` for ``joiner`` (just added by :meth:`EtcdStore.member_add`, to be
+    started as ``joiner_name`` with ``--initial-cluster-state=existing``)."""
+    parts = []
+    for m in members:
+        name = joiner_name if m.id == joiner.id else m.name
+        if not name:
+            raise ValueError(f"member {m.id:x} ({', '.join(m.peer_urls)}) was added but has not started yet")
+        parts += [f"{name}={url}" for url in m.peer_urls]
+    return ",".join(parts)
+
+
 class _Conn:
     """One gRPC channel to one endpoint, with the stubs we use."""
 
-    __slots__ = ("endpoint", "channel", "kv", "lease", "watch")
+    __slots__ = ("endpoint", "channel", "kv", "lease", "watch", "cluster", "maintenance")
 
     def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
         self.endpoint = endpoint
@@ -67,6 +101,8 @@ class _Conn:
         self.kv = rpc.KVStub(channel)
         self.lease = rpc.LeaseStub(channel)
         self.watch = rpc.WatchStub(channel)
+        self.cluster = rpc.ClusterStub(channel)
+        self.maintenance = rpc.MaintenanceStub(channel)
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, bool]:
@@ -127,8 +163,10 @@ class EtcdStore:
     ``endpoints``: one or more ``"host:port"`` (or ``http(s)://host:port``). TLS is used when any of
     ``ca_cert``/``cert``/``key`` (PEM file paths) is given or an endpoint is ``https://``;
     ``tls_server_name`` overrides the name checked in the server certificate. ``timeout`` bounds
-    each request; a broken watch keeps reconnecting for ``watch_retry`` seconds before it fails.
-    Ranges are read in pages of ``page_size`` keys, all at one revision.
+    each read, ``write_timeout`` each write (writes, lease and membership changes need a quorum: without
+    one they fail with :class:`StoreError` after this long); a broken watch keeps reconnecting for
+    ``watch_retry`` seconds before it fails. Ranges are read in pages of ``page_size`` keys, all at one
+    revision.
     """
 
     def __init__(
@@ -140,6 +178,7 @@ class EtcdStore:
         key: str | Path | None = None,
         tls_server_name: str | None = None,
         timeout: float = 5.0,
+        write_timeout: float = 3.0,
         watch_retry: float = 10.0,
         page_size: int = 5000,
     ) -> None:
@@ -164,6 +203,7 @@ class EtcdStore:
         if tls_server_name:
             self._options.append(("grpc.ssl_target_name_override", tls_server_name))
         self._timeout = timeout
+        self._write_timeout = write_timeout
         self._watch_retry = watch_retry
         self._page_size = page_size
         self._index = 0
@@ -177,17 +217,19 @@ class EtcdStore:
 
     # ---- connection handling -----------------------------------------------------------------
 
+    def _open(self, endpoint: str) -> _Conn:
+        if self._credentials is not None:
+            channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
+        else:
+            channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+        return _Conn(endpoint, channel)
+
     def _connect(self) -> _Conn:
         if self._closed:
             raise StoreError("store is closed")
         conn = self._conn
         if conn is None:
-            endpoint = self._endpoints[self._index]
-            if self._credentials is not None:
-                channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
-            else:
-                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
-            conn = self._conn = _Conn(endpoint, channel)
+            conn = self._conn = self._open(self._endpoints[self._index])
         return conn
 
     def _rotate(self, conn: _Conn) -> None:
@@ -210,9 +252,15 @@ class EtcdStore:
                 return await fn(conn)
             except grpc.aio.AioRpcError as e:
                 if not _retryable(e, idempotent):
+                    if e.code() == _CODE.DEADLINE_EXCEEDED:
+                        msg = f"etcd DEADLINE_EXCEEDED: {conn.endpoint} did not answer in time (no quorum?)"
+                        raise StoreError(msg) from e
                     raise _store_error(e) from e
                 last = e
-                self._rotate(conn)
+                # A slow answer from our only endpoint: retry on the same channel rather than close it
+                # under everyone else's requests.
+                if len(self._endpoints) > 1 or e.code() != _CODE.DEADLINE_EXCEEDED:
+                    self._rotate(conn)
             except asyncio.CancelledError:
                 if not _channel_closed_under_us():
                     raise
@@ -222,17 +270,37 @@ class EtcdStore:
         tried = ", ".join(self._endpoints)
         raise StoreError(f"no etcd endpoint answered ({tried}): {last.details()}") from last
 
+    async def _call_at(self, endpoint: str | None, fn: Callable[[_Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` against ``endpoint`` (a member that need not be one of ours; same TLS settings) on
+        a channel of its own, or with failover when ``endpoint`` is None."""
+        if endpoint is None:
+            return await self._call(fn, idempotent=True)
+        if self._closed:
+            raise StoreError("store is closed")
+        conn = self._open(_parse_endpoint(endpoint)[0])
+        try:
+            return await fn(conn)
+        except grpc.aio.AioRpcError as e:
+            raise StoreError(f"etcd {endpoint}: {e.code().name}: {e.details()}") from e
+        finally:
+            await conn.channel.close()
+
     # ---- reads -------------------------------------------------------------------------------
 
-    async def get(self, key: str) -> KV | None:
+    async def get(self, key: str, *, serializable: bool = False) -> KV | None:
+        """``key``'s current value. ``serializable`` reads the member's local copy: no quorum needed (it
+        answers on a member cut off from the others), but it may be stale."""
+
         async def go(conn: _Conn) -> KV | None:
-            resp = await conn.kv.Range(rpc.RangeRequest(key=key.encode()), timeout=self._timeout)
+            req = rpc.RangeRequest(key=key.encode(), serializable=serializable)
+            resp = await conn.kv.Range(req, timeout=self._timeout)
             return _kv(resp.kvs[0]) if resp.kvs else None
 
         return await self._call(go, idempotent=True)
 
-    async def range(self, prefix: str) -> tuple[list[KV], int]:
-        """All keys under ``prefix`` (sorted by key) and the revision they were read at."""
+    async def range(self, prefix: str, *, serializable: bool = False) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` (sorted by key) and the revision they were read at.
+        ``serializable``: read the member's local, possibly stale, copy (see :meth:`get`)."""
         start, end = _span(prefix)
 
         async def go(conn: _Conn) -> tuple[list[KV], int]:
@@ -240,7 +308,9 @@ class EtcdStore:
             rev = 0
             key = start
             while True:
-                req = rpc.RangeRequest(key=key, range_end=end, limit=self._page_size, revision=rev)
+                req = rpc.RangeRequest(
+                    key=key, range_end=end, limit=self._page_size, revision=rev, serializable=serializable
+                )
                 try:
                     resp = await conn.kv.Range(req, timeout=self._timeout)
                 except grpc.aio.AioRpcError as e:
@@ -284,7 +354,7 @@ class EtcdStore:
         )
 
         async def go(conn: _Conn) -> TxnResult:
-            resp = await conn.kv.Txn(req, timeout=self._timeout)
+            resp = await conn.kv.Txn(req, timeout=self._write_timeout)
             if resp.succeeded:
                 return TxnResult(True, resp.header.revision)
             failed = []
@@ -301,7 +371,7 @@ class EtcdStore:
         req = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
 
         async def go(conn: _Conn) -> int:
-            return (await conn.kv.Put(req, timeout=self._timeout)).header.revision
+            return (await conn.kv.Put(req, timeout=self._write_timeout)).header.revision
 
         return await self._call(go, idempotent=False)
 
@@ -310,7 +380,7 @@ class EtcdStore:
         req = rpc.DeleteRangeRequest(key=key.encode())
 
         async def go(conn: _Conn) -> bool:
-            return (await conn.kv.DeleteRange(req, timeout=self._timeout)).deleted > 0
+            return (await conn.kv.DeleteRange(req, timeout=self._write_timeout)).deleted > 0
 
         return await self._call(go, idempotent=False)
 
@@ -319,7 +389,7 @@ class EtcdStore:
 
         async def go(conn: _Conn) -> None:
             try:
-                await conn.kv.Compact(rpc.CompactionRequest(revision=revision), timeout=self._timeout)
+                await conn.kv.Compact(rpc.CompactionRequest(revision=revision), timeout=self._write_timeout)
             except grpc.aio.AioRpcError as e:
                 if e.code() == _CODE.OUT_OF_RANGE and "has been compacted" in (e.details() or ""):
                     return
@@ -397,7 +467,7 @@ class EtcdStore:
         """A lease of ``ttl`` seconds (etcd raises very short TTLs to its minimum, ~2 s)."""
 
         async def go(conn: _Conn) -> int:
-            resp = await conn.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self._timeout)
+            resp = await conn.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self._write_timeout)
             if resp.error:
                 raise StoreError(f"lease grant failed: {resp.error}")
             return resp.ID
@@ -408,7 +478,7 @@ class EtcdStore:
         """Refresh the lease once. Raises :class:`StoreError` if it has expired."""
 
         async def go(conn: _Conn) -> None:
-            call = conn.lease.LeaseKeepAlive(timeout=self._timeout)
+            call = conn.lease.LeaseKeepAlive(timeout=self._write_timeout)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
                 resp = await call.read()
@@ -426,12 +496,146 @@ class EtcdStore:
 
         async def go(conn: _Conn) -> None:
             try:
-                await conn.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self._timeout)
+                await conn.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self._write_timeout)
             except grpc.aio.AioRpcError as e:
                 if e.code() != _CODE.NOT_FOUND:
                     raise
 
         await self._call(go, idempotent=True)
+
+    # ---- cluster membership ------------------------------------------------------------------
+
+    async def member_list(self) -> list[Member]:
+        """The cluster's members, as the member we talk to knows them."""
+
+        async def go(conn: _Conn) -> list[Member]:
+            resp = await conn.cluster.MemberList(rpc.MemberListRequest(), timeout=self._timeout)
+            return [_member(m) for m in resp.members]
+
+        return await self._call(go, idempotent=True)
+
+    async def member_add(self, peer_urls: Sequence[str], *, learner: bool = False) -> tuple[Member, list[Member]]:
+        """Add a member; returns it and the new member list (for :func:`initial_cluster`). Start the new
+        member promptly: a voting member that is added but not running counts against the quorum.
+        etcd refuses ("etcdserver: unhealthy cluster") unless every voting member has been connected
+        for 5 s, and ("... not enough started members") if the addition would risk the quorum."""
+        req = rpc.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
+
+        async def go(conn: _Conn) -> tuple[Member, list[Member]]:
+            resp = await conn.cluster.MemberAdd(req, timeout=self._write_timeout)
+            return _member(resp.member), [_member(m) for m in resp.members]
+
+        return await self._call(go, idempotent=False)
+
+    async def member_remove(self, member_id: int) -> list[Member]:
+        """Remove a member (it shuts itself down); returns the remaining members."""
+
+        async def go(conn: _Conn) -> list[Member]:
+            req = rpc.MemberRemoveRequest(ID=member_id)
+            resp = await conn.cluster.MemberRemove(req, timeout=self._write_timeout)
+            return [_member(m) for m in resp.members]
+
+        return await self._call(go, idempotent=False)
+
+    async def member_promote(self, member_id: int) -> list[Member]:
+        """Make a learner a voting member (etcd refuses until it has caught up with the leader)."""
+
+        async def go(conn: _Conn) -> list[Member]:
+            req = rpc.MemberPromoteRequest(ID=member_id)
+            resp = await conn.cluster.MemberPromote(req, timeout=self._write_timeout)
+            return [_member(m) for m in resp.members]
+
+        return await self._call(go, idempotent=False)
+
+    # ---- maintenance -------------------------------------------------------------------------
+    # ``endpoint`` picks the member to ask ("host:port" or a URL); by default the current endpoint.
+
+    async def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """One member's view (answered locally, also without quorum): ``member_id``, ``leader`` (0:
+        none), ``raft_term``, ``raft_index``, ``raft_applied_index``, ``revision``, ``db_size``,
+        ``db_size_in_use``, ``is_learner``, ``version``, ``errors``, ``endpoint``."""
+
+        async def go(conn: _Conn) -> dict[str, Any]:
+            r = await conn.maintenance.Status(rpc.StatusRequest(), timeout=self._timeout)
+            return {
+                "endpoint": conn.endpoint,
+                "member_id": r.header.member_id,
+                "cluster_id": r.header.cluster_id,
+                "leader": r.leader,
+                "raft_term": r.raftTerm,
+                "raft_index": r.raftIndex,
+                "raft_applied_index": r.raftAppliedIndex,
+                "revision": r.header.revision,
+                "db_size": r.dbSize,
+                "db_size_in_use": r.dbSizeInUse,
+                "is_learner": r.isLearner,
+                "version": r.version,
+                "errors": list(r.errors),
+            }
+
+        return await self._call_at(endpoint, go)
+
+    async def defragment(self, endpoint: str | None = None, timeout: float = 120.0) -> None:
+        """Defragment one member's backend (it stalls that member meanwhile: do one at a time)."""
+
+        async def go(conn: _Conn) -> None:
+            await conn.maintenance.Defragment(rpc.DefragmentRequest(), timeout=timeout)
+
+        await self._call_at(endpoint, go)
+
+    async def snapshot(self, path: str | Path, endpoint: str | None = None, timeout: float = 600.0) -> int:
+        """Stream a member's backend snapshot into ``path`` (written to a temporary file, fsynced, then
+        renamed); returns its size. The stream ends with etcd's SHA-256, which restore checks."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+
+        async def go(conn: _Conn) -> int:
+            size = 0
+            f = await asyncio.to_thread(open, tmp, "wb")
+            try:
+                async for resp in conn.maintenance.Snapshot(rpc.SnapshotRequest(), timeout=timeout):
+                    f.write(resp.blob)
+                    size += len(resp.blob)
+                f.flush()
+                await asyncio.to_thread(os.fsync, f.fileno())
+            except BaseException:
+                f.close()
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            f.close()
+            if not size:
+                tmp.unlink()
+                raise StoreError(f"etcd {conn.endpoint} sent an empty snapshot")
+            tmp.replace(path)
+            return size
+
+        return await self._call_at(endpoint, go)
+
+    async def alarms(self) -> list[tuple[int, str]]:
+        """Active alarms as (member id, ``"NOSPACE"``/``"CORRUPT"``); needs a quorum."""
+
+        async def go(conn: _Conn) -> list[tuple[int, str]]:
+            req = rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE)
+            resp = await conn.maintenance.Alarm(req, timeout=self._write_timeout)
+            return [(a.memberID, rpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
+
+        return await self._call(go, idempotent=True)
+
+    async def disarm(self) -> list[tuple[int, str]]:
+        """Deactivate every active alarm (after freeing space: compact + defragment); returns them."""
+        active = await self.alarms()
+
+        async def go(conn: _Conn) -> None:
+            for member_id, name in active:
+                req = rpc.AlarmRequest(
+                    action=rpc.AlarmRequest.DEACTIVATE, memberID=member_id, alarm=rpc.AlarmType.Value(name)
+                )
+                await conn.maintenance.Alarm(req, timeout=self._write_timeout)
+
+        if active:
+            await self._call(go, idempotent=True)
+        return active
 
     async def close(self) -> None:
         """Close the channel; running watches end."""

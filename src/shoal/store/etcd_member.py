@@ -1,7 +1,12 @@
 """Run and supervise the local ``etcd`` member of one shoald.
 
 The member is a child process we started; it is only ever signalled by its own PID. If it dies
-while supervised it is restarted (with the same data directory) within about a second.
+while supervised it is restarted (with the same data directory) within about a second, unless it
+was removed from the cluster.
+
+Growing a cluster: :meth:`EtcdMember.join` adds the member through a running member
+(``member_add``) and starts it with ``--initial-cluster-state=existing``. TLS certificates with the
+right IP SANs come from :func:`shoal.store.etcd_tls.issue_etcd_cert`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from shoal.store.base import StoreError
-from shoal.store.etcd import EtcdStore
+from shoal.store.etcd import EtcdStore, initial_cluster
 
 __all__ = ["EtcdMember", "EtcdTLS"]
 
@@ -26,9 +31,18 @@ log = logging.getLogger(__name__)
 ETCD_BINARY = "/usr/bin/etcd"
 
 
+# etcd 3.4 logs this (and exits) when it finds itself removed from the cluster.
+_REMOVED_MARKERS = (
+    b"the member has been permanently removed from the cluster",
+    b"data-dir used by this member must be removed",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EtcdTLS:
-    """PEM file paths for one listener (client or peer); peers/clients must present a cert."""
+    """PEM file paths for one listener (client or peer); peers/clients must present a cert signed by
+    ``ca``. The certificate needs both server and client auth usages (etcd dials its peers and its
+    own client port with it) and IP SANs for the listen addresses."""
 
     cert: str | Path
     key: str | Path
@@ -41,6 +55,8 @@ class EtcdMember:
     ``client_url``/``peer_url`` are ``http(s)://host:port`` (listened on and advertised);
     ``initial_cluster`` is etcd's ``name=peer_url,...`` string and ``initial_cluster_state`` is
     ``"new"`` or ``"existing"``. ``client_tls``/``peer_tls`` switch on TLS with certificate auth.
+    ``force_new_cluster`` (recovery after losing quorum for good) makes the first launch rewrite the
+    membership to this member alone, keeping the data; automatic restarts never pass it again.
     ``extra_args`` are appended to the etcd command line.
     """
 
@@ -59,6 +75,7 @@ class EtcdMember:
         binary: str = ETCD_BINARY,
         extra_args: Sequence[str] = (),
         restart_delay: float = 0.2,
+        force_new_cluster: bool = False,
     ) -> None:
         if initial_cluster_state not in ("new", "existing"):
             raise ValueError(f"initial_cluster_state must be 'new' or 'existing': {initial_cluster_state!r}")
@@ -74,7 +91,11 @@ class EtcdMember:
         self.binary = binary
         self.extra_args = list(extra_args)
         self.restart_delay = restart_delay
+        self.force_new_cluster = force_new_cluster
+        self._force_pending = force_new_cluster  # consumed by the first launch
         self.restarts = 0
+        self.removed = False  # set when etcd exited because it was removed from the cluster
+        self._log_offset = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -96,6 +117,31 @@ class EtcdMember:
     def log_path(self) -> Path:
         return self.data_dir / "etcd.log"
 
+    @classmethod
+    async def join(
+        cls,
+        via: EtcdStore,
+        name: str,
+        data_dir: str | Path,
+        client_url: str,
+        peer_url: str,
+        *,
+        ready_within: float = 60.0,
+        **kwargs: object,
+    ) -> EtcdMember:
+        """Add a member to the cluster ``via`` talks to and start it (``existing`` state). If it does
+        not come up, it is removed again, so the cluster does not keep a voter that never runs."""
+        new, members = await via.member_add([peer_url])
+        cluster = initial_cluster(members, new, name)
+        member = cls(name, data_dir, client_url, peer_url, cluster, "existing", **kwargs)  # type: ignore[arg-type]
+        try:
+            await member.start(ready_within)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                await via.member_remove(new.id)
+            raise
+        return member
+
     def store(self, **kwargs: object) -> EtcdStore:
         """An :class:`EtcdStore` talking to this member (with the client TLS files, if any)."""
         tls = self.client_tls
@@ -103,7 +149,7 @@ class EtcdMember:
             kwargs = {"ca_cert": tls.ca, "cert": tls.cert, "key": tls.key, **kwargs}
         return EtcdStore(self.client_url, **kwargs)  # type: ignore[arg-type]
 
-    def command(self) -> list[str]:
+    def command(self, *, force_new_cluster: bool = False) -> list[str]:
         """The etcd command line."""
         args = [
             self.binary,
@@ -137,6 +183,8 @@ class EtcdMember:
                 f"--peer-trusted-ca-file={tls.ca}",
                 "--peer-client-cert-auth",
             ]
+        if force_new_cluster:
+            args.append("--force-new-cluster")
         return args + self.extra_args
 
     async def start(self, ready_within: float = 30.0) -> None:
@@ -215,9 +263,13 @@ class EtcdMember:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # etcd insists on it
         await self._reap_stale()
+        force, self._force_pending = self._force_pending, False
+        if force:
+            log.warning("etcd member %s: forcing a new one-member cluster from its data", self.name)
         with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 - opening a log file is instant
+            self._log_offset = logf.tell()
             self._proc = await asyncio.create_subprocess_exec(
-                *self.command(),
+                *self.command(force_new_cluster=force),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf,
                 stderr=logf,
@@ -235,6 +287,10 @@ class EtcdMember:
             started = loop.time()
             code = await proc.wait()
             if self._stopping:
+                return
+            if self._was_removed():
+                self.removed = True
+                log.error("etcd member %s was removed from the cluster; not restarting it", self.name)
                 return
             # Restart quickly, but back off if it keeps dying right after starting.
             quick_failures = quick_failures + 1 if loop.time() - started < 5.0 else 1
@@ -264,6 +320,17 @@ class EtcdMember:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+    def _was_removed(self) -> bool:
+        """Whether the last run's log says the member was removed from the cluster."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, f.tell() - 65536))
+                text = f.read()
+        except OSError:
+            return False
+        return any(marker in text for marker in _REMOVED_MARKERS)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

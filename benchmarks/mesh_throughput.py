@@ -1,0 +1,157 @@
+"""Routing mesh and VIP throughput against direct access, in a 3-host lab (wrk from worker2, the
+tasks on manager and worker1); the time from `docker service scale` to the load balancer using the
+new task; and what Docker's own routing mesh does on this kernel (no IPVS).
+
+Run: .venv/bin/python benchmarks/mesh_throughput.py  (installs wrk with apt if it is missing)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
+
+WEB = "shoal/demo-web:latest"
+DURATION = 8
+FETCH = Path(__file__).resolve().parents[1] / "tests" / "cluster" / "fetch.py"
+
+
+def quiet(_m: str) -> None:
+    pass
+
+
+def wrk(lab: Lab, host: str, url: str, conns: int) -> dict:
+    cp = lab.exec(host, "wrk", "-t2", f"-c{conns}", f"-d{DURATION}s", "--latency", "--timeout", "3s", url, check=True)
+    out = cp.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = re.search(r"Latency\s+([\d.]+)(\w+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(\w+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+
+    def ms(m: re.Match | None) -> float:
+        if m is None:
+            return 0.0
+        val, unit = float(m.group(1)), m.group(2)
+        return val * {"us": 0.001, "ms": 1.0, "s": 1000.0}.get(unit, 1.0)
+
+    return {"rps": rps, "avg_ms": ms(lat), "p99_ms": ms(p99), "errors": errors.group(0) if errors else ""}
+
+
+def task_ips(lab: Lab, service: str, net_id: str) -> list[str]:
+    out = lab.docker("manager", "service", "ps", "-q", "--filter", "desired-state=running", service).stdout.split()
+    ips = []
+    for tid in out:
+        t = json.loads(lab.docker("manager", "inspect", tid).stdout)[0]
+        for a in t.get("NetworksAttachments") or []:
+            if a["Network"]["ID"] == net_id:
+                ips.append(a["Addresses"][0].split("/")[0])
+    return ips
+
+
+def shoal_side() -> dict:
+    lab = Lab.up(workers=2, swarm=True, out=quiet)
+    try:
+        d = lambda *a, **k: lab.docker("manager", *a, **k)  # noqa: E731
+        d("service", "create", "--name", "web", "-p", "8080:80", "--replicas=2", "--constraint",
+          "node.hostname!=worker2", WEB)
+        svc = json.loads(d("service", "inspect", "web").stdout)[0]
+        vip = svc["Endpoint"]["VirtualIPs"][0]
+        ips = task_ips(lab, "web", vip["NetworkID"])
+        time.sleep(1)
+        res = {}
+        # direct: one wrk per task, concurrently, summed
+        procs = [subprocess.Popen(["nsenter", "-t", str(lab.host("worker2").holder), "-n", "-m", "-u", "wrk", "-t1",
+                                   "-c8", f"-d{DURATION}s", "--latency", f"http://{ip}:80/"],
+                                  stdout=subprocess.PIPE, text=True) for ip in ips]
+        outs = [p.communicate()[0] for p in procs]
+        res["direct"] = {"rps": sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outs),
+                         "avg_ms": 0.0, "p99_ms": 0.0}
+        lat = [re.search(r"Latency\s+([\d.]+)(\w+)", o) for o in outs]
+        res["direct"]["avg_ms"] = sum(float(m.group(1)) * (0.001 if m.group(2) == "us" else 1) for m in lat) / len(lat)
+        res["mesh"] = wrk(lab, "worker2", f"http://{lab.host('worker1').ip}:8080/", 16)
+        res["vip"] = wrk(lab, "worker2", f"http://{vip['Addr'].split('/')[0]}:80/", 16)
+        res["scale"] = scale_lag(lab)
+        return res
+    finally:
+        down(out=quiet)
+
+
+def scale_lag(lab: Lab) -> dict:
+    """Time from `docker service scale web=3` to the mesh sending a request to the new task."""
+    entry = f"http://{lab.host('worker1').ip}:8080/"
+    probe = ("import sys,time,urllib.request\nold=set(sys.argv[2].split(','))\nt0=time.time()\n"
+             "while time.time()-t0<30:\n  try:\n    b=urllib.request.urlopen(sys.argv[1],timeout=1).read().decode()\n"
+             "    if b.split()[-1] not in old: print(time.time()); break\n  except Exception: pass\n")
+    hosts_before = set()
+    for h in ("manager", "worker1", "worker2"):
+        hosts_before |= {c[:12] for c in lab.engine_docker(h, "ps", "-q", "--filter",
+                                                           "label=com.docker.swarm.service.name=web").stdout.split()}
+    t0 = time.time()
+    p = subprocess.Popen(["nsenter", "-t", str(lab.host("worker2").holder), "-n", "-m", "-u", sys.executable, "-c",
+                          probe, entry, ",".join(hosts_before)], stdout=subprocess.PIPE, text=True)
+    lab.docker("manager", "service", "scale", "-d", "web=3")
+    running_at = None
+    while running_at is None and time.time() - t0 < 30:
+        rows = [json.loads(x) for x in lab.docker("manager", "service", "ps", "web", "--format", "{{json .}}")
+                .stdout.splitlines() if x.strip()]
+        if sum(1 for r in rows if r["CurrentState"].startswith("Running")) == 3:
+            running_at = time.time()
+        time.sleep(0.05)
+    served_at = float(p.communicate()[0].strip() or 0)
+    return {"to_running": (running_at or 0) - t0, "to_served": served_at - t0 if served_at else float("nan")}
+
+
+def docker_side() -> str:
+    """Docker's own routing mesh on the same kind of lab hosts."""
+    lab = Lab.up(workers=2, swarm=False, out=quiet)
+    try:
+        e = lambda h, *a, **k: lab.engine_docker(h, *a, **k)  # noqa: E731
+        m = lab.host("manager")
+        e("manager", "swarm", "init", "--advertise-addr", m.ip)
+        token = e("manager", "swarm", "join-token", "-q", "worker").stdout.strip()
+        for w in ("worker1", "worker2"):
+            e(w, "swarm", "join", "--token", token, "--advertise-addr", lab.host(w).ip, f"{m.ip}:2377")
+        cp = e("manager", "service", "create", "--name", "web", "-p", "8080:80", "--replicas=2", "-d", WEB,
+               check=False)
+        time.sleep(10)
+        state = e("manager", "service", "ps", "web", "--format", "{{.CurrentState}} {{.Error}}", check=False).stdout
+        fetched = lab.exec("worker2", sys.executable, str(FETCH), f"http://{lab.host('worker1').ip}:8080/", "5")
+        data = json.loads(fetched.stdout or '{"answers": {}, "fails": 5}')
+        return (f"{data['fails']}/5 requests failed; tasks: {' | '.join(state.split(chr(10))[:2]).strip()}"
+                f"{'; create: ' + cp.stderr.strip()[:120] if cp.returncode else ''}")
+    finally:
+        down(out=quiet)
+
+
+def main() -> int:
+    if lab_exists():
+        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+        return 1
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    s = shoal_side()
+    docker = docker_side()
+    direct = s["direct"]["rps"]
+    print(f"direct to the 2 tasks' IPs: {direct:.0f} req/s, avg latency {s['direct']['avg_ms']:.2f} ms")
+    for name in ("mesh", "vip"):
+        r = s[name]
+        label = "routing mesh (worker1:8080)" if name == "mesh" else "service VIP"
+        print(f"{label}: {r['rps']:.0f} req/s ({r['rps'] / direct:.2f} of direct), avg latency {r['avg_ms']:.2f} ms, "
+              f"p99 {r['p99_ms']:.2f} ms {r['errors']}")
+    sc = s["scale"]
+    print(f"scale 2→3: new task running after {sc['to_running']:.2f} s, first request through the mesh to it after "
+          f"{sc['to_served']:.2f} s")
+    print(f"Docker swarm mode routing mesh on this kernel: {docker}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
