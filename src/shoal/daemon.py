@@ -39,7 +39,11 @@ from shoal.model.ids import new_id, now
 from shoal.model.network import ingress_spec, new_network
 from shoal.model.service import SECOND
 from shoal.network.agent import NetworkAgent
+from shoal.store.base import StoreError
+from shoal.store.election import Election
+from shoal.store.etcd import initial_cluster
 from shoal.store.etcd_member import EtcdMember
+from shoal.store.etcd_tls import issue_etcd_cert
 from shoal.store.objects import Objects
 from shoal.tls import NodeTLS, ca_only_context, insecure_context, key_pem, make_csr, new_key, sign_csr
 
@@ -120,6 +124,11 @@ class Daemon:
         self.executor: DockerExecutor | None = None
         self.session: RemoteSession | None = None
         self.netagent: NetworkAgent | None = None
+        self.is_leader = False
+        self.leader_addr = ""  # cluster address of the current leader (managers only)
+        self.api_dispatch = None  # the Engine-API dispatcher, for writes forwarded from other managers
+        self._leader_tasks: list[asyncio.Task] = []
+        self.etcd_cluster = ""  # --initial-cluster for a manager joining an existing etcd cluster
         self.dispatcher: Dispatcher | None = None
         self.netalloc: NetworkAllocator = None  # type: ignore[assignment]  # leader only
         self.alloc_lock = asyncio.Lock()
@@ -137,7 +146,7 @@ class Daemon:
     def _save_state(self) -> None:
         self.state_file.write_text(json.dumps({
             "node_id": self.node_id, "role": self.role, "addr": self.addr, "port": self.cluster_port,
-            "listen": self.listen, "managers": self.managers}))
+            "listen": self.listen, "managers": self.managers, "etcd_cluster": self.etcd_cluster}))
 
     async def start(self) -> None:
         self.opts.data_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +159,7 @@ class Daemon:
             self.node_id, self.role, self.addr = st["node_id"], st["role"], st.get("addr", "")
             self.cluster_port, self.listen = st.get("port", 2377), st.get("listen", "")
             self.managers = st.get("managers", [])
+            self.etcd_cluster = st.get("etcd_cluster", "")
             if self.role == "manager":
                 await self._start_store(new=False)
             await self._start_roles()
@@ -161,7 +171,9 @@ class Daemon:
         sock.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        self._runner = web.AppRunner(make_app(self), access_log=None, handler_cancellation=True)
+        app = make_app(self)
+        self.api_dispatch = app["dispatch"]
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.UnixSite(self._runner, str(sock))
         await site.start()
@@ -177,14 +189,23 @@ class Daemon:
 
     # -- store (managers) ---------------------------------------------------------------------------
     async def _start_store(self, new: bool) -> None:
+        """Start this manager's etcd member (mutual TLS from the cluster CA, peers on the advertised
+        address) and the object cache over it."""
         edir = self.opts.data_dir / "etcd"
-        client = f"http://127.0.0.1:{self.opts.etcd_client_port}"
-        peer = f"http://127.0.0.1:{self.opts.etcd_peer_port}"
+        client_tls, peer_tls = issue_etcd_cert(self.ca_cert_pem(), self.ca_key_pem(), self.opts.data_dir / "etcd-tls",
+                                               ips=sorted({"127.0.0.1", self.addr}), name=self.node_id)
+        client = f"https://127.0.0.1:{self.opts.etcd_client_port}"
         name = self.node_id
-        self.etcd = EtcdMember(name, edir, client, peer, f"{name}={peer}", "new" if new else "existing")
-        await self.etcd.start()
+        cluster = self.etcd_cluster or f"{name}={self.peer_url}"
+        self.etcd = EtcdMember(name, edir, client, self.peer_url, cluster, "new" if new else "existing",
+                               client_tls=client_tls, peer_tls=peer_tls)
+        await self.etcd.start(ready_within=60)
         self.objs = Objects(self.etcd.store())
         await self.objs.start()
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.addr}:{self.opts.etcd_peer_port}"
 
     async def _stop_store(self) -> None:
         if self.objs is not None:
@@ -199,16 +220,10 @@ class Daemon:
     async def _start_roles(self) -> None:
         if self.role == "manager":
             assert self.objs is not None
-            self.dispatcher = Dispatcher(self.objs)
-            self.netalloc = NetworkAllocator(self.objs)
-            self.netalloc.load()
-            for name, coro in (("dispatcher", self.dispatcher.run()),
-                               *((c.name, c.run()) for c in (Orchestrator(self.objs),
-                                                             Allocator(self.objs, self.netalloc),
-                                                             SchedulerController(self.objs), Reaper(self.objs)))):
-                self._tasks.append(asyncio.create_task(coro, name=name))
             await self._serve_cluster_port()
-            managers = [f"{self.addr}:{self.cluster_port}"]
+            self._tasks.append(asyncio.create_task(self._leadership(), name="leadership"))
+            self._tasks.append(asyncio.create_task(self._track_leader(), name="track-leader"))
+            managers = sorted({f"{self.addr}:{self.cluster_port}", *self.managers})
         else:
             managers = self.managers
         self.executor = DockerExecutor(f"unix://{self.opts.engine}")
@@ -222,6 +237,106 @@ class Daemon:
         agent = Agent(self.node_id, self.session, self.executor, network=self.netagent)
         self._tasks.append(asyncio.create_task(agent.run(), name="agent"))
 
+    # -- leadership (managers) ------------------------------------------------------------------
+    @property
+    def my_cluster_addr(self) -> str:
+        return f"{self.addr}:{self.cluster_port}"
+
+    async def _leadership(self) -> None:
+        """Campaign for leadership; while leading, run the controllers and the dispatcher."""
+        value = json.dumps({"node_id": self.node_id, "addr": self.my_cluster_addr}).encode()
+        while True:
+            election = Election(self.objs.store, ttl=2, value=value)
+            try:
+                await election.campaign()
+            except StoreError as e:
+                log.info("campaign failed (%s); trying again", e)
+                await asyncio.sleep(0.5)
+                continue
+            log.info("this node is the leader")
+            self.is_leader, self.leader_addr = True, self.my_cluster_addr
+            try:
+                await self._lead()
+                await election.lost.wait()
+                log.warning("leadership lost: %s", election.lost_reason)
+            finally:
+                self.is_leader = False
+                await self._stop_leading()
+                with contextlib.suppress(Exception):
+                    await election.resign()
+
+    async def _lead(self) -> None:
+        assert self.objs is not None
+        # the store may still be catching up after an election: read it fresh
+        await self.objs._load()
+        self.dispatcher = Dispatcher(self.objs)
+        self.netalloc = NetworkAllocator(self.objs)
+        self.netalloc.load()
+        for name, coro in (("dispatcher", self.dispatcher.run()),
+                           *((c.name, c.run()) for c in (Orchestrator(self.objs), Allocator(self.objs, self.netalloc),
+                                                         SchedulerController(self.objs), Reaper(self.objs)))):
+            self._leader_tasks.append(asyncio.create_task(coro, name=name))
+        await self._mark_leader()
+
+    async def _stop_leading(self) -> None:
+        for t in self._leader_tasks:
+            t.cancel()
+        for t in self._leader_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._leader_tasks.clear()
+        self.dispatcher = None
+
+    async def _mark_leader(self) -> None:
+        """ManagerStatus.Leader on this node only."""
+        for node in self.objs.list("nodes"):
+            ms = node.get("ManagerStatus")
+            if ms is None:
+                continue
+            want = node["ID"] == self.node_id
+            if ms.get("Leader", False) != want or (want and ms.get("Reachability") != "reachable"):
+                def apply(n: dict, want: bool = want) -> None:
+                    n["ManagerStatus"] = {**n["ManagerStatus"], "Leader": want}
+                    if want:
+                        n["ManagerStatus"]["Reachability"] = "reachable"
+                with contextlib.suppress(Exception):
+                    await self.objs.modify("nodes", node["ID"], apply)
+
+    async def _track_leader(self) -> None:
+        """Followers: know where the leader is (for forwarded writes and redirected agents)."""
+        while True:
+            if not self.is_leader and self.objs is not None:
+                with contextlib.suppress(Exception):
+                    kv = await self.objs.store.get("/shoal/leader")
+                    self.leader_addr = json.loads(kv.value)["addr"] if kv else ""
+            await asyncio.sleep(0.3)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """A write on a follower: pass it to the leader over the cluster port (mutual TLS)."""
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "x-registry-auth")}
+        deadline = asyncio.get_running_loop().time() + 15  # a leader change takes a few seconds
+        timeout = aiohttp.ClientTimeout(total=60, sock_connect=1.5)
+        while True:
+            leader = self.leader_addr
+            if self.is_leader:
+                return await self.api_dispatch(request)  # we won meanwhile
+            try:
+                if not leader:
+                    raise aiohttp.ClientConnectionError("no leader")
+                async with aiohttp.ClientSession(timeout=timeout) as http, http.request(
+                        request.method, f"https://{leader}/api{request.rel_url.path_qs}", data=body,
+                        headers=headers, ssl=self.tls.client_context()) as resp:
+                    data = await resp.read()
+                    if resp.status != 503 or asyncio.get_running_loop().time() > deadline:
+                        return web.Response(status=resp.status, body=data, headers={
+                            "Content-Type": resp.headers.get("Content-Type", "application/json")})
+            except (aiohttp.ClientError, TimeoutError) as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"rpc error: code = Unavailable desc = the swarm has no reachable leader "
+                                      f"({leader or 'none elected'}: {e}); a majority of managers must be up") from None
+            await asyncio.sleep(0.2)
+
     @staticmethod
     async def _follow_netmap(session: RemoteSession, netagent: NetworkAgent) -> None:
         """Apply every network map the managers push."""
@@ -232,9 +347,8 @@ class Daemon:
                 await netagent.apply(session.netmap)
 
     async def _serve_cluster_port(self) -> None:
-        assert self.dispatcher is not None
         host, port = split_addr(self.opts.listen_addr or self.listen or "0.0.0.0:2377")
-        self._cluster_runner = web.AppRunner(make_cluster_app(self, self.dispatcher), access_log=None)
+        self._cluster_runner = web.AppRunner(make_cluster_app(self), access_log=None)
         await self._cluster_runner.setup()
         site = web.TCPSite(self._cluster_runner, host or "0.0.0.0", port, ssl_context=self.tls.server_context(),
                            reuse_address=True)
@@ -251,6 +365,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        await self._stop_leading()
+        self.is_leader = False
         if self._cluster_runner:
             await self._cluster_runner.cleanup()
             self._cluster_runner = None
@@ -320,6 +436,7 @@ class Daemon:
             self.tls.write(cert, node_cert, key_pem(node_key))
             (self.tls.dir / "swarm-root-ca.key").write_bytes(key)
             os.chmod(self.tls.dir / "swarm-root-ca.key", 0o600)
+            self.etcd_cluster = ""
             await self._start_store(new=True)
             ts = now()
             cluster = {
@@ -336,8 +453,7 @@ class Daemon:
                 "Spec": {"Labels": {}, "Role": "manager", "Availability": avail},
                 "Description": await self._describe(),
                 "Status": {"State": "ready", "Addr": self.addr},
-                "ManagerStatus": {"Leader": True, "Reachability": "reachable",
-                                  "Addr": f"{self.addr}:{self.cluster_port}"},
+                "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": self.my_cluster_addr},
             }
             await self.objs.create("clusters", cluster)
             await self.objs.create("nodes", node)
@@ -368,7 +484,8 @@ class Daemon:
                 raise BadRequest(f"error while validating Root CA Certificate: remote CA does not match "
                                  f"fingerprint. Expected: {parts[2]}")
             key = new_key()
-            body = {"token": token, "csr": make_csr(key).decode(), "addr": self.addr,
+            body = {"token": token, "csr": make_csr(key).decode(), "addr": self.addr, "peer_url": self.peer_url,
+                    "cluster_addr": self.my_cluster_addr,
                     "availability": req.get("Availability") or "active", "description": await self._describe()}
             try:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http, http.post(
@@ -381,6 +498,12 @@ class Daemon:
             self.tls.write(ca_pem, answer["cert"].encode(), key_pem(key))
             self.node_id, self.role = answer["node_id"], answer["role"]
             self.managers = answer.get("managers") or [remote]
+            if self.role == "manager":
+                (self.tls.dir / "swarm-root-ca.key").write_bytes(answer["ca_key"].encode())
+                os.chmod(self.tls.dir / "swarm-root-ca.key", 0o600)
+                self.etcd_cluster = answer["etcd_cluster"]
+                shutil.rmtree(self.opts.data_dir / "etcd", ignore_errors=True)
+                await self._start_store(new=False)
             self._save_state()
             await self._start_roles()
             self.state = "active"
@@ -428,7 +551,21 @@ class Daemon:
         return (self.tls.dir / "swarm-root-ca.key").read_bytes()
 
     def can_add_manager(self) -> bool:
-        return False
+        return True
+
+    async def add_etcd_member(self, name: str, peer_url: str) -> str:
+        """Add a joining manager's etcd member; returns its ``--initial-cluster``. etcd refuses changes
+        until every member has been up for 5 s ("unhealthy cluster"): retry for a while."""
+        store = self.objs.store
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                new, members = await store.member_add([peer_url])  # type: ignore[attr-defined]
+                return initial_cluster(members, new, name)
+            except StoreError as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"rpc error: code = Unavailable desc = could not add an etcd member: {e}") from e
+                await asyncio.sleep(0.5)
 
     def manager_addrs(self) -> list[str]:
         out = []

@@ -43,6 +43,7 @@ class RemoteSession:
         self._inflight: dict[int, tuple[str, dict]] = {}
         self._task: asyncio.Task | None = None
         self.interval = 1.0  # heartbeat period the manager asked for
+        self._next = ""  # the leader, when a follower redirected us
         self.netmap: dict | None = None
         self.netmap_changed = asyncio.Event()
 
@@ -76,7 +77,8 @@ class RemoteSession:
         delay = 0.1
         i = 0
         while True:
-            addr = self.managers[i % len(self.managers)]
+            addr = self._next or self.managers[i % len(self.managers)]
+            self._next = ""
             i += 1
             try:
                 await self._connect(addr)
@@ -91,6 +93,8 @@ class RemoteSession:
             except Exception as e:
                 log.info("session with %s ended: %s", addr, e)
             self.connected.clear()
+            if self._next:
+                continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -101,6 +105,10 @@ class RemoteSession:
                 ws = await http.ws_connect(f"https://{addr}/session", ssl=self.ssl, heartbeat=None,
                                            max_msg_size=64 * 1024 * 1024)
             except aiohttp.WSServerHandshakeError as e:
+                leader = (e.headers or {}).get("X-Shoal-Leader") if e.status == 421 else None
+                if leader:
+                    self._next = leader  # a follower: go to the leader
+                    raise
                 if e.status == 403:
                     raise SessionRejected("this node has been removed from the swarm (or its certificate is "
                                           "not from this swarm)") from None
@@ -115,6 +123,8 @@ class RemoteSession:
         if welcome.get("type") == "error":
             raise SessionRejected(welcome.get("message", "refused"))
         self.interval = float(welcome.get("heartbeat", 1.0))
+        if welcome.get("managers"):
+            self.managers = list(welcome["managers"])
         self.connected.set()
         # resend what was not acknowledged
         self._inflight.clear()
@@ -122,7 +132,9 @@ class RemoteSession:
             self._outbox.put_nowait({"id": tid})
         sender = asyncio.create_task(self._send_loop(ws))
         try:
-            async for msg in ws:
+            while True:
+                # every heartbeat is answered: silence means the manager (or the way to it) is gone
+                msg = await ws.receive(timeout=max(3 * self.interval, 1.0) + 0.5)
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
                 self._on_message(json.loads(msg.data))

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from shoal.manager.dispatcher import Dispatcher
 from shoal.model.ids import new_id, now
 from shoal.tls import peer_identity, sign_csr
 
@@ -40,7 +39,7 @@ def _identity(request: web.Request) -> tuple[str, str, str] | None:
     return peer_identity(transport.get_extra_info("peercert") if transport else None)
 
 
-def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
+def make_cluster_app(daemon: Daemon) -> web.Application:
     async def ca(request: web.Request) -> web.Response:
         return web.json_response({"ca": daemon.ca_cert_pem().decode()})
 
@@ -56,9 +55,6 @@ def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
                      if hmac.compare_digest(str(token), tokens.get(key, ""))), None)
         if role is None:
             return _error(INVALID_TOKEN, 400)
-        if role == "manager" and not daemon.can_add_manager():
-            return _error("rpc error: code = Unimplemented desc = joining as a manager needs the HA "
-                          "manager support of a later shoal", 501)
         node_id = new_id()
         try:
             cert = sign_csr(csr, daemon.ca_cert_pem(), daemon.ca_key_pem(), node_id, role, cluster["ID"])
@@ -76,9 +72,22 @@ def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
             "Description": body.get("description") or {},
             "Status": {"State": "unknown", "Addr": addr},
         }
+        answer = {"node_id": node_id, "role": role, "cert": cert.decode(), "ca": daemon.ca_cert_pem().decode(),
+                  "managers": daemon.manager_addrs()}
+        if role == "manager":
+            node["ManagerStatus"] = {"Leader": False, "Reachability": "reachable",
+                                     "Addr": body.get("cluster_addr") or f"{addr}:2377"}
+        # the node first: once its etcd member is added, writes wait for it to start (quorum)
         await daemon.objs.create("nodes", node)
-        return web.json_response({"node_id": node_id, "role": role, "cert": cert.decode(),
-                                  "ca": daemon.ca_cert_pem().decode(), "managers": daemon.manager_addrs()})
+        if role == "manager":
+            try:
+                answer["etcd_cluster"] = await daemon.add_etcd_member(node_id, body["peer_url"])
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await daemon.objs.delete("nodes", daemon.objs.get("nodes", node_id) or node)
+                raise
+            answer["ca_key"] = daemon.ca_key_pem().decode()
+        return web.json_response(answer)
 
     async def session(request: web.Request) -> web.StreamResponse:
         ident = _identity(request)
@@ -89,6 +98,10 @@ def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
             return _error("certificate is from another swarm", 403)
         if daemon.objs.get("nodes", node_id) is None:
             return _error(REMOVED, 403)
+        dispatcher = daemon.dispatcher
+        if dispatcher is None:  # not the leader: send the agent there
+            return web.json_response({"message": "not the leader", "leader": daemon.leader_addr}, status=421,
+                                     headers={"X-Shoal-Leader": daemon.leader_addr})
         ws = web.WebSocketResponse(heartbeat=None, max_msg_size=64 * 1024 * 1024)
         await ws.prepare(request)
         lock = asyncio.Lock()
@@ -123,7 +136,18 @@ def make_cluster_app(daemon: Daemon, dispatcher: Dispatcher) -> web.Application:
             await ws.close()
         return ws
 
+    async def api(request: web.Request) -> web.StreamResponse:
+        """An Engine-API write forwarded by another manager: answered as if asked here."""
+        ident = _identity(request)
+        if ident is None or ident[1] != "manager" or ident[2] != daemon.cluster()["ID"]:
+            return _error("only managers of this swarm may forward API calls", 403)
+        if not daemon.is_leader:
+            return _error("rpc error: code = Unavailable desc = this manager is no longer the leader", 503)
+        inner = request.clone(rel_url=request.rel_url.path_qs[len("/api"):] or "/")
+        return await daemon.api_dispatch(inner)
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/api/{tail:.*}", api)
     app.router.add_get("/ca", ca)
     app.router.add_post("/join", join)
     app.router.add_get("/session", session)

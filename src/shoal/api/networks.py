@@ -80,6 +80,8 @@ async def create_network(daemon: Daemon, request: web.Request) -> web.StreamResp
     if not isinstance(body, dict) or body.get("Driver") != "overlay":
         return await daemon.proxy.forward_body(request, json.dumps(body).encode() if body is not None else b"")
     daemon.require_manager()
+    if not daemon.is_leader:
+        return await daemon.forward(request)
     spec = spec_from_request(body)
     if find_swarm_network(daemon, spec["Name"]) is not None:
         raise name_conflict(spec["Name"])
@@ -99,6 +101,8 @@ async def delete_network(daemon: Daemon, request: web.Request, ref: str) -> web.
     net = find_swarm_network(daemon, ref)
     if net is None:
         return await daemon.proxy.handle(request)
+    if not daemon.is_leader:
+        return await daemon.forward(request)
     for svc in daemon.objs.list("services"):
         if net["ID"] in daemon.netalloc.networks_of(svc["Spec"]):
             raise APIError(f"rpc error: code = FailedPrecondition desc = network {net['ID']} is in use by "

@@ -92,6 +92,8 @@ def make_app(daemon: Daemon) -> web.Application:
             try:
                 if manager:
                     daemon.require_manager()
+                    if request.method not in ("GET", "HEAD") and not daemon.is_leader:
+                        return await daemon.forward(request)  # writes go to the leader
                 return await fn(daemon, request, **m.groupdict())
             except APIError as e:
                 return error_response(e.message, e.status)
@@ -106,6 +108,7 @@ def make_app(daemon: Daemon) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", dispatch)
+    app["dispatch"] = dispatch
     return app
 
 

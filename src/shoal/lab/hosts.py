@@ -364,6 +364,7 @@ awk '$2 ~ "^/run/" || $2 ~ "^/var/lib/docker/" {{print $2}}' /proc/self/mounts |
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mkdir -p /run/lock /etc/docker
 mount --bind {etc_docker} /etc/docker
+mount --bind {host.dir / "resolv.conf"} /etc/resolv.conf
 ip link set lo up
 echo ready >&3
 exec sleep infinity 3>&- </dev/null >/dev/null 2>&1
@@ -375,6 +376,9 @@ def create_holder(host: Host) -> None:
     for sub in ("", ".cgroup-aside", "etc-docker", "shoal"):
         (host.dir / sub).mkdir(parents=True, exist_ok=True)
     (host.dir / "daemon.json").write_text("{}\n")
+    # the lab has no way out: name lookups (e.g. the registry lookup of `docker service create`) must fail
+    # at once rather than wait for an unreachable nameserver
+    (host.dir / "resolv.conf").write_text("nameserver 127.0.0.1\n")
     if host.track_cgroup is not None:
         host.track_cgroup.mkdir(parents=True, exist_ok=True)
     if not (NETNS_DIR / host.netns).exists():

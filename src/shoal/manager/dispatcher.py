@@ -177,8 +177,9 @@ class Dispatcher:
                 nid = node["ID"]
                 if node["Status"].get("State") != "ready":
                     continue
-                # a node not seen since this dispatcher started gets one more timeout to reconnect
-                last = self.last_seen.get(nid, self._started + self.timeout)
+                # a node not seen since this dispatcher started (a new leader) gets time to notice the old
+                # leader is gone (3 intervals), reconnect, and then the usual timeout
+                last = self.last_seen.get(nid, self._started + self.timeout + 1.0)
                 if now_ - last > self.timeout:
                     await self.set_node_state(nid, "down", "heartbeat failure")
 
@@ -195,6 +196,12 @@ class Dispatcher:
             if addr is not None:
                 st["Addr"] = addr
             node["Status"] = st
+            ms = node.get("ManagerStatus")
+            if ms is not None and not ms.get("Leader"):
+                reach = "reachable" if state == "ready" else "unreachable"
+                if ms.get("Reachability") != reach:
+                    node["ManagerStatus"] = {**ms, "Reachability": reach}
+                    changed = True
             if description is not None and node.get("Description") != description:
                 node["Description"] = description
                 changed = True
@@ -215,7 +222,9 @@ class Dispatcher:
         self.seen(node_id)
         await self.set_node_state(node_id, "ready", addr=hello.get("addr") or addr,
                                   description=hello.get("description"))
-        await send({"type": "welcome", "node_id": node_id, "heartbeat": self.interval})
+        managers = sorted((n.get("ManagerStatus") or {}).get("Addr", "") for n in self.objs.list("nodes")
+                          if n["Spec"].get("Role") == "manager" and n.get("ManagerStatus"))
+        await send({"type": "welcome", "node_id": node_id, "heartbeat": self.interval, "managers": managers})
         s.dirty.set()
         return s
 
@@ -261,7 +270,9 @@ class Dispatcher:
     async def handle(self, s: AgentSession, msg: dict) -> None:
         self.seen(s.node_id)
         kind = msg.get("type")
-        if kind == "status":
+        if kind == "heartbeat":  # answered, so the agent can tell a dead manager from a quiet one
+            await s.send({"type": "heartbeat"})
+        elif kind == "status":
             await update_status(self.objs, msg["id"], msg["status"])
             await s.send({"type": "ack", "seq": msg.get("seq")})
         elif kind == "hello":
