@@ -154,17 +154,31 @@ class Daemon:
             ver = await self.proxy.get_json("/version")
             major, minor = (int(x) for x in ver.get("ApiVersion", "1.41").split(".")[:2])
             self.proxy.engine_api = (major, minor)
+        await self._serve()  # answer at once; a manager's store may take a while to catch up
         if self.state_file.exists():
             st = json.loads(self.state_file.read_text())
             self.node_id, self.role, self.addr = st["node_id"], st["role"], st.get("addr", "")
             self.cluster_port, self.listen = st.get("port", 2377), st.get("listen", "")
             self.managers = st.get("managers", [])
             self.etcd_cluster = st.get("etcd_cluster", "")
+            self.state = "pending"
+            self._tasks.append(asyncio.create_task(self._resume(), name="resume"))
+
+    async def _resume(self) -> None:
+        """Rejoin the swarm this node was in before it stopped (retrying until the store answers)."""
+        async with self._lock:
             if self.role == "manager":
-                await self._start_store(new=False)
+                while True:
+                    try:
+                        await self._start_store(new=False)
+                        break
+                    except StoreError as e:
+                        log.warning("the local etcd member is not ready (%s); retrying", e)
+                        if self.etcd:
+                            await self.etcd.stop()
+                        await asyncio.sleep(1)
             await self._start_roles()
             self.state = "active"
-        await self._serve()
 
     async def _serve(self) -> None:
         sock = Path(self.opts.socket)
@@ -418,7 +432,7 @@ class Daemon:
 
     async def init_swarm(self, req: dict) -> str:
         async with self._lock:
-            if self.state == "active":
+            if self.state != "inactive":
                 raise Unavailable(ALREADY_IN_SWARM)
             avail = req.get("Availability") or "active"
             if avail not in ("active", "pause", "drain"):
@@ -468,7 +482,7 @@ class Daemon:
 
     async def join_swarm(self, req: dict) -> None:
         async with self._lock:
-            if self.state == "active":
+            if self.state != "inactive":
                 raise Unavailable(ALREADY_IN_SWARM)
             token = req.get("JoinToken") or ""
             parts = token.split("-")
@@ -604,8 +618,8 @@ class Daemon:
 
     def swarm_info(self) -> dict:
         if self.state != "active":
-            return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
-                    "Error": "", "RemoteManagers": None}
+            return {"NodeID": self.node_id, "NodeAddr": self.addr, "LocalNodeState": self.state,
+                    "ControlAvailable": False, "Error": "", "RemoteManagers": None}
         out: dict = {
             "NodeID": self.node_id, "NodeAddr": self.addr, "LocalNodeState": "active",
             "ControlAvailable": self.role == "manager", "Error": "",

@@ -40,7 +40,9 @@ def test_shoald_sigkill_restart_readopts(own_shoald, docker_engine):
     _, _, services = d.request("GET", "/services")
     d.kill(signal.SIGKILL)
     d.start()
-    _, _, services_after = d.request("GET", "/services")
+    # it answers at once; the swarm part once its etcd member is back
+    services_after = wait_for(lambda: (r := d.request("GET", "/services"))[0] == 200 and r[2], 30,
+                              what="the services after the restart")
     assert [s["ID"] for s in services_after] == [s["ID"] for s in services]
     assert _task_ids(d) == tasks
     # a few seconds of reconciliation later: the same containers, no duplicates

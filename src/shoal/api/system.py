@@ -19,7 +19,7 @@ def _api_version(daemon: Daemon) -> str:
 
 def _swarm_header(daemon: Daemon) -> str:
     if daemon.state != "active":
-        return "inactive"
+        return daemon.state  # inactive | pending
     return f"active/{daemon.role}"
 
 

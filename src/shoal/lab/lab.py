@@ -374,13 +374,13 @@ class Lab:
         if h.state == "killed":
             kill_all(h, keep_holder=True)
             reset_run(h)
+            if not h.partitioned:  # the cable goes back in before the machine boots
+                lan.set_link(h, True)
         if not h.alive(h.dockerd):
             start_dockerd(h)
             self.save(h)
         if not h.alive(h.shoald):
             start_shoald(h, shoald_flags(h))
-        if h.state == "killed" and not h.partitioned:
-            lan.set_link(h, True)
         h.state = "running"
         self.save(h)
 

@@ -1,0 +1,136 @@
+"""Highly available managers in the lab: 3 managers and 2 workers. Leader election, failover during a
+scale, a partitioned leader, quorum loss and recovery."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shoal.lab.lab import Lab, down, lab_exists
+
+pytestmark = pytest.mark.lab
+
+MANAGERS = ("manager1", "manager2", "manager3")
+WEB = "shoal/demo-web:latest"
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def lab(docker_engine) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root", pytrace=False)
+    if lab_exists():
+        pytest.fail("a lab already exists on this machine; `shoal lab down` removes it", pytrace=False)
+    the_lab = Lab.up(workers=2, managers=3, swarm=True, out=lambda m: print(m, file=sys.stderr))
+    try:
+        yield the_lab
+    finally:
+        down(out=lambda m: print(m, file=sys.stderr))
+
+
+def statuses(lab: Lab, via: str) -> dict[str, str]:
+    out = lab.docker(via, "node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}", check=False).stdout
+    return {line.split()[0]: (line.split() + [""])[1] for line in out.splitlines() if line.strip()}
+
+
+def leader(lab: Lab, via: str) -> str | None:
+    return next((h for h, s in statuses(lab, via).items() if s == "Leader"), None)
+
+
+def running(lab: Lab, via: str, service: str) -> int:
+    out = lab.docker(via, "service", "ps", service, "--filter", "desired-state=running", "--format",
+                     "{{.CurrentState}}", check=False).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("Running"))
+
+
+def engine_containers(lab: Lab, service: str, hosts) -> int:
+    total = 0
+    for h in hosts:
+        cp = lab.engine_docker(h, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}",
+                               check=False)
+        total += len(cp.stdout.split())
+    return total
+
+
+def test_one_leader_two_reachable_from_any_manager(lab: Lab) -> None:
+    for m in MANAGERS:
+        st = statuses(lab, m)
+        assert sorted(st[x] for x in MANAGERS) == ["Leader", "Reachable", "Reachable"], (m, st)
+        assert st["worker1"] == "" and st["worker2"] == ""
+    # writes through a follower are forwarded to the leader; reads answer everywhere
+    follower = next(m for m in MANAGERS if m != leader(lab, "manager1"))
+    lab.docker(follower, "service", "create", "--name", "ha-web", "--replicas=3", WEB)
+    for m in MANAGERS:
+        assert "3/3" in lab.docker(m, "service", "ls", "--filter", "name=ha-web").stdout
+
+
+def test_leader_killed_during_scale(lab: Lab) -> None:
+    old = leader(lab, "manager1")
+    survivor = next(m for m in MANAGERS if m != old)
+    lab.docker(survivor, "service", "scale", "-d", "ha-web=20")
+    t0 = time.monotonic()
+    lab.kill(old)
+    new = wait_for(lambda: (who := leader(lab, survivor)) and who != old and who, 30, "a new leader")
+    took = time.monotonic() - t0
+    print(f"new leader {new} {took:.1f}s after the old one was killed", file=sys.stderr)
+    # the acknowledged scale survives and completes, exactly 20 tasks on the remaining hosts
+    alive = [h.name for h in lab.hosts if h.name != old]
+    wait_for(lambda: running(lab, survivor, "ha-web") == 20, 90, "20 running tasks")
+    wait_for(lambda: engine_containers(lab, "ha-web", alive) == 20, 30, "20 containers")
+    time.sleep(3)
+    assert engine_containers(lab, "ha-web", alive) == 20
+    assert statuses(lab, survivor)[old] == "Unreachable"
+    lab.start(old)
+    wait_for(lambda: statuses(lab, survivor).get(old) == "Reachable", 60, "the old leader back as Reachable")
+    wait_for(lambda: engine_containers(lab, "ha-web", [h.name for h in lab.hosts]) == 20, 30,
+             "still exactly 20 containers")
+
+
+def test_partitioned_leader(lab: Lab) -> None:
+    old = leader(lab, "manager1")
+    others = [m for m in MANAGERS if m != old]
+    lab.partition(old)
+    new = wait_for(lambda: (who := leader(lab, others[0])) and who != old and who, 30, "the others to elect a leader")
+    lab.docker(others[1], "service", "create", "--name", "during-partition", WEB)
+    lab.heal(old)
+    time.sleep(5)
+    views = {m: leader(lab, m) for m in MANAGERS}
+    assert set(views.values()) == {new}, views
+    for m in MANAGERS:
+        assert "during-partition" in lab.docker(m, "service", "ls").stdout
+
+
+def test_quorum_loss_and_recovery(lab: Lab) -> None:
+    lead = leader(lab, "manager1")
+    stay = next(m for m in MANAGERS if m != lead)
+    gone = [m for m in MANAGERS if m != stay]
+    for m in gone:
+        lab.kill(m)
+    time.sleep(3)
+    cp = lab.docker(stay, "service", "create", "--name", "no-quorum", WEB, check=False, timeout=60)
+    assert cp.returncode != 0
+    assert "Unavailable" in cp.stderr or "unavailable" in cp.stderr, cp.stderr
+    # reads still answer
+    assert "ha-web" in lab.docker(stay, "service", "ls").stdout
+    lab.start(gone[0])
+    wait_for(lambda: lab.docker(stay, "service", "create", "-d", "--name", "quorum-back", WEB,
+                                check=False).returncode == 0, 60, "writes to work again", interval=1)
+    lab.start(gone[1])
+    wait_for(lambda: sorted(statuses(lab, stay)[m] for m in MANAGERS) == ["Leader", "Reachable", "Reachable"],
+             60, "all three managers back")
+    names = lab.docker(stay, "service", "ls", "--format", "{{.Name}}").stdout.split()
+    assert "no-quorum" not in names and "quorum-back" in names and "ha-web" in names
