@@ -323,14 +323,14 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     kv = await self.objs.store.get("/shoal/leader")
                     self.leader_addr = json.loads(kv.value)["addr"] if kv else ""
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A write on a follower: pass it to the leader over the cluster port (mutual TLS)."""
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "x-registry-auth")}
         deadline = asyncio.get_running_loop().time() + 15  # a leader change takes a few seconds
-        timeout = aiohttp.ClientTimeout(total=60, sock_connect=1.5)
+        timeout = aiohttp.ClientTimeout(total=60, sock_connect=0.5)
         while True:
             leader = self.leader_addr
             if self.is_leader:

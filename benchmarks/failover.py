@@ -1,0 +1,135 @@
+"""Leader failover and write throughput with 3 managers, side by side: shoal, then Docker's own swarm
+mode formed by the same kind of lab hosts' dockerds.
+
+- failover: time from killing the leader's host (`shoal lab kill`) to the first successful
+  `docker service create` through a surviving manager;
+- writes/s: service updates (GET the service, POST /services/{id}/update with its version) through the
+  Engine API of one manager for 8 s.
+
+Run: .venv/bin/python benchmarks/failover.py
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
+
+WEB = "shoal/demo-web:latest"
+MANAGERS = ("manager1", "manager2", "manager3")
+
+
+def quiet(_m: str) -> None:
+    pass
+
+
+class Unix(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def call(sock: str, method: str, path: str, body: object = None) -> tuple[int, object]:
+    conn = Unix(sock)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+def writes_per_second(sock: str, service: str, seconds: float = 8.0) -> float:
+    n = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        _, svc = call(sock, "GET", f"/services/{service}")
+        spec = svc["Spec"]  # type: ignore[index]
+        spec.setdefault("Labels", {})["bench"] = str(n)
+        status, _ = call(sock, "POST", f"/services/{svc['ID']}/update?version={svc['Version']['Index']}", spec)  # type: ignore[index]
+        if status == 200:
+            n += 1
+    return n / (time.monotonic() - t0)
+
+
+def leader_of(lab: Lab, docker) -> str:
+    out = docker("node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").stdout
+    return next(line.split()[0] for line in out.splitlines() if line.endswith("Leader"))
+
+
+def failover(lab: Lab, docker_on) -> float:
+    lead = leader_of(lab, lambda *a, **k: docker_on("manager1", *a, **k))
+    survivor = next(m for m in MANAGERS if m != lead)
+    t0 = time.monotonic()
+    lab.kill(lead)
+    i = 0
+    while time.monotonic() - t0 < 120:
+        i += 1
+        cp = docker_on(survivor, "service", "create", "-d", "-q", "--no-resolve-image", "--name", f"after{i}", WEB,
+                       check=False)
+        if cp.returncode == 0:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise TimeoutError("no write succeeded")
+
+
+def shoal_side() -> dict:
+    lab = Lab.up(workers=0, managers=3, swarm=True, out=quiet)
+    try:
+        sock = str(lab.host("manager1").dir / "shoal.sock")
+        lab.docker("manager1", "service", "create", "-d", "--no-resolve-image", "--name", "wbench", WEB)
+        time.sleep(2)
+        wps = writes_per_second(sock, "wbench")
+        return {"failover": failover(lab, lab.docker), "wps": wps}
+    finally:
+        down(out=quiet)
+
+
+def docker_side() -> dict:
+    lab = Lab.up(workers=0, managers=3, swarm=False, out=quiet)
+    try:
+        e = lab.engine_docker
+        m1 = lab.host("manager1")
+        e("manager1", "swarm", "init", "--advertise-addr", m1.ip)
+        token = e("manager1", "swarm", "join-token", "-q", "manager").stdout.strip()
+        for m in ("manager2", "manager3"):
+            e(m, "swarm", "join", "--token", token, "--advertise-addr", lab.host(m).ip, f"{m1.ip}:2377")
+        time.sleep(3)
+        sock = str(lab.host("manager1").dir / "docker.sock")
+        e("manager1", "service", "create", "-d", "--no-resolve-image", "--name", "wbench", WEB)
+        time.sleep(2)
+        wps = writes_per_second(sock, "wbench")
+        return {"failover": failover(lab, e), "wps": wps}
+    finally:
+        down(out=quiet)
+
+
+def main() -> int:
+    if lab_exists():
+        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+        return 1
+    s = shoal_side()
+    d = docker_side()
+    print(f"leader failover (kill the leader's host → first successful service create via a survivor): "
+          f"shoal {s['failover']:.1f} s, docker swarm {d['failover']:.1f} s "
+          f"(shoal takes {s['failover'] / d['failover']:.0%} of Docker's time)")
+    print(f"writes through the API with 3 managers (service updates): shoal {s['wps']:.0f}/s, "
+          f"docker swarm {d['wps']:.0f}/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
