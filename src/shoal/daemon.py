@@ -325,6 +325,14 @@ class Daemon:
                     self.leader_addr = json.loads(kv.value)["addr"] if kv else ""
             await asyncio.sleep(0.1)
 
+    async def _catch_up(self, rev: int, within: float = 3.0) -> None:
+        """Read your writes: wait until this manager's cache has seen the leader's write (revision ``rev``),
+        so a client reading right after a forwarded write finds what it wrote."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.objs is not None and self.objs.revision < rev and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A write on a follower: pass it to the leader over the cluster port (mutual TLS)."""
         body = await request.read()
@@ -343,6 +351,8 @@ class Daemon:
                         headers=headers, ssl=self.tls.client_context()) as resp:
                     data = await resp.read()
                     if resp.status != 503 or asyncio.get_running_loop().time() > deadline:
+                        if resp.status < 400:
+                            await self._catch_up(int(resp.headers.get("X-Shoal-Revision", "0")))
                         return web.Response(status=resp.status, body=data, headers={
                             "Content-Type": resp.headers.get("Content-Type", "application/json")})
             except (aiohttp.ClientError, TimeoutError) as e:

@@ -115,7 +115,9 @@ def test_partitioned_leader(lab: Lab) -> None:
 
 
 def test_quorum_loss_and_recovery(lab: Lab) -> None:
-    lead = leader(lab, "manager1")
+    for m in MANAGERS:  # whatever an earlier test left
+        lab.heal(m)
+    lead = wait_for(lambda: leader(lab, "manager1"), 30, "a leader")
     stay = next(m for m in MANAGERS if m != lead)
     gone = [m for m in MANAGERS if m != stay]
     for m in gone:

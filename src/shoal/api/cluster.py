@@ -144,7 +144,10 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
         if not daemon.is_leader:
             return _error("rpc error: code = Unavailable desc = this manager is no longer the leader", 503)
         inner = request.clone(rel_url=request.rel_url.path_qs[len("/api"):] or "/")
-        return await daemon.api_dispatch(inner)
+        resp = await daemon.api_dispatch(inner)
+        if not resp.prepared:  # the store revision after this write: the follower waits for it
+            resp.headers["X-Shoal-Revision"] = str(daemon.objs.revision)
+        return resp
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/api/{tail:.*}", api)
