@@ -3,14 +3,14 @@ scale, a partitioned leader, quorum loss and recovery."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from labtools import module_lab, wait_for
 
-from shoal.lab.lab import Lab, down, lab_exists
+from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -18,28 +18,12 @@ MANAGERS = ("manager1", "manager2", "manager3")
 WEB = "shoal/demo-web:latest"
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
 def lab(docker_engine) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root", pytrace=False)
-    if lab_exists():
-        pytest.fail("a lab already exists on this machine; `shoal lab down` removes it", pytrace=False)
-    the_lab = Lab.up(workers=2, managers=3, swarm=True, out=lambda m: print(m, file=sys.stderr))
-    try:
+    with module_lab(workers=2, managers=3, swarm=True) as the_lab:
         yield the_lab
-    finally:
-        down(out=lambda m: print(m, file=sys.stderr))
 
 
 def statuses(lab: Lab, via: str) -> dict[str, str]:

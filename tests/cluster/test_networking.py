@@ -4,7 +4,6 @@ host-mode ports, isolation between networks — on a kernel without IPVS."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -12,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labtools import module_lab, wait_for
 
-from shoal.lab.lab import Lab, down, lab_exists
+from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -23,28 +23,12 @@ BOX = "shoal/demo-busybox:latest"
 FETCH = Path(__file__).with_name("fetch.py")
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
 def lab(docker_engine) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root", pytrace=False)
-    if lab_exists():
-        pytest.fail("a lab already exists on this machine; `shoal lab down` removes it", pytrace=False)
-    the_lab = Lab.up(workers=2, swarm=True, out=lambda m: print(m, file=sys.stderr))
-    try:
+    with module_lab(workers=2, swarm=True) as the_lab:
         yield the_lab
-    finally:
-        down(out=lambda m: print(m, file=sys.stderr))
 
 
 def mgr(lab: Lab, *args: str, check: bool = True):

@@ -5,15 +5,15 @@ namespace with its own Docker Engine and shoald."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from labtools import module_lab, wait_for
 
-from shoal.lab.lab import Lab, down, lab_exists
+from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -21,28 +21,12 @@ HOSTS = ("manager", "worker1", "worker2")
 WEB = "shoal/demo-web:latest"
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
 def lab(docker_engine) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root", pytrace=False)
-    if lab_exists():
-        pytest.fail("a lab already exists on this machine; `shoal lab down` removes it", pytrace=False)
-    the_lab = Lab.up(workers=2, swarm=True, out=lambda m: print(m, file=sys.stderr))
-    try:
+    with module_lab(workers=2, swarm=True) as the_lab:
         yield the_lab
-    finally:
-        down(out=lambda m: print(m, file=sys.stderr))
 
 
 def mgr(lab: Lab, *args: str, check: bool = True):
