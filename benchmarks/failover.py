@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _lab import docker_swarm  # noqa: E402
+
 from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
@@ -102,11 +104,7 @@ def docker_side() -> dict:
     lab = Lab.up(workers=0, managers=3, swarm=False, out=quiet)
     try:
         e = lab.engine_docker
-        m1 = lab.host("manager1")
-        e("manager1", "swarm", "init", "--advertise-addr", m1.ip)
-        token = e("manager1", "swarm", "join-token", "-q", "manager").stdout.strip()
-        for m in ("manager2", "manager3"):
-            e(m, "swarm", "join", "--token", token, "--advertise-addr", lab.host(m).ip, f"{m1.ip}:2377")
+        docker_swarm(lab)
         time.sleep(3)
         sock = str(lab.host("manager1").dir / "docker.sock")
         e("manager1", "service", "create", "-d", "--no-resolve-image", "--name", "wbench", WEB)

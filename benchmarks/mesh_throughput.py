@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _lab import docker_swarm  # noqa: E402
+
 from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
@@ -132,11 +134,7 @@ def docker_side() -> str:
     lab = Lab.up(workers=2, swarm=False, out=quiet)
     try:
         e = lambda h, *a, **k: lab.engine_docker(h, *a, **k)  # noqa: E731
-        m = lab.host("manager")
-        e("manager", "swarm", "init", "--advertise-addr", m.ip)
-        token = e("manager", "swarm", "join-token", "-q", "worker").stdout.strip()
-        for w in ("worker1", "worker2"):
-            e(w, "swarm", "join", "--token", token, "--advertise-addr", lab.host(w).ip, f"{m.ip}:2377")
+        docker_swarm(lab)
         cp = e("manager", "service", "create", "--name", "web", "-p", "8080:80", "--replicas=2", "-d", WEB,
                check=False)
         time.sleep(10)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _lab import docker_swarm  # noqa: E402
+
 from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
@@ -117,13 +119,8 @@ def shoal_side(runs: int) -> dict:
 def docker_side(runs: int) -> dict:
     lab = Lab.up(workers=2, swarm=False, out=quiet)
     try:
-        m = lab.host("manager")
-        eng = lambda h, *a, **k: lab.engine_docker(h, *a, **k)  # noqa: E731
-        eng("manager", "swarm", "init", "--advertise-addr", m.ip)
-        token = eng("manager", "swarm", "join-token", "-q", "worker").stdout.strip()
-        for w in ("worker1", "worker2"):
-            eng(w, "swarm", "join", "--token", token, "--advertise-addr", lab.host(w).ip, f"{m.ip}:2377")
-        docker = lambda *a, **k: eng("manager", *a, **k)  # noqa: E731
+        docker_swarm(lab)
+        docker = lambda *a, **k: lab.engine_docker("manager", *a, **k)  # noqa: E731
         results = [measure(lab, docker, "worker2", f"dloss{i}") for i in range(runs)]
     finally:
         down(out=quiet)

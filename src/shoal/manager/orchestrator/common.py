@@ -89,7 +89,7 @@ def is_global(service: dict) -> bool:
 def set_desired(task: dict, desired: str) -> dict:
     """A copy of ``task`` with a new desired state (managers only move it forward)."""
     t = json.loads(json.dumps(task))
-    if states.before(t["DesiredState"], desired) or t["DesiredState"] == states.READY:
+    if states.before(t["DesiredState"], desired):
         t["DesiredState"] = desired
         t["UpdatedAt"] = now()
     return t
