@@ -299,7 +299,9 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._leader_tasks.clear()
-        self.dispatcher = None
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.shutdown()
 
     async def _mark_leader(self) -> None:
         """ManagerStatus.Leader on this node only."""

@@ -93,8 +93,9 @@ class RemoteSession:
             except Exception as e:
                 log.info("session with %s ended: %s", addr, e)
             self.connected.clear()
-            if self._next:
+            if self._next and self._next != addr:  # redirected to another manager: go at once
                 continue
+            self._next = ""
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -182,6 +183,10 @@ class RemoteSession:
             sent = self._inflight.pop(msg.get("seq"), None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:
                 del self._pending[sent[0]]
+        elif kind == "nack":  # the manager could not store it: try again shortly
+            sent = self._inflight.pop(msg.get("seq"), None)
+            if sent is not None and self._pending.get(sent[0]) is sent[1]:
+                asyncio.get_running_loop().call_later(0.5, self._outbox.put_nowait, {"id": sent[0]})
         elif kind == "error":
             self.rejected = msg.get("message")
             log.error("manager: %s", self.rejected)

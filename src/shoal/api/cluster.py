@@ -117,8 +117,11 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
         hello = json.loads(first.data)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         s = await dispatcher.open(node_id, send, hello, peer[0] if peer else "")
+        s.hangup = ws.close
         pump = asyncio.gather(dispatcher.pump(s), dispatcher.net_pump(s))
         try:
+            if s.closed:
+                return ws
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     break

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from shoal.model import states
 from shoal.model.ids import now
+from shoal.store.base import StoreError
 from shoal.store.objects import Objects
 
 
@@ -113,6 +114,7 @@ class AgentSession:
         self.net_dirty = asyncio.Event()
         self.netmap: dict | None = None
         self.closed = False
+        self.hangup: Callable[[], Awaitable[object]] | None = None  # ends the transport
 
 
 class Dispatcher:
@@ -124,6 +126,7 @@ class Dispatcher:
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, float] = {}
         self._started = time.monotonic()
+        self.stopped = False
 
     @property
     def interval(self) -> float:
@@ -176,6 +179,9 @@ class Dispatcher:
             for node in self.objs.list("nodes"):
                 nid = node["ID"]
                 if node["Status"].get("State") != "ready":
+                    # an open session whose "ready" was not written (the store failed then): write it now
+                    if nid in self.sessions and now_ - self.last_seen.get(nid, 0.0) <= self.timeout:
+                        await self.set_node_state(nid, "ready")
                     continue
                 # a node not seen since this dispatcher started (a new leader) gets time to notice the old
                 # leader is gone (3 intervals), reconnect, and then the usual timeout
@@ -218,6 +224,9 @@ class Dispatcher:
         if old is not None:
             self.close(old)
         s = AgentSession(node_id, send)
+        if self.stopped:  # leadership ended meanwhile
+            s.closed = True
+            return s
         self.sessions[node_id] = s
         self.seen(node_id)
         await self.set_node_state(node_id, "ready", addr=hello.get("addr") or addr,
@@ -234,6 +243,15 @@ class Dispatcher:
         s.net_dirty.set()
         if self.sessions.get(s.node_id) is s:
             del self.sessions[s.node_id]
+
+    async def shutdown(self) -> None:
+        """This manager stops leading: end every session so its agent finds the new leader."""
+        self.stopped = True
+        for s in list(self.sessions.values()):
+            self.close(s)
+            if s.hangup is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.hangup(), 1.0)
 
     async def net_pump(self, s: AgentSession) -> None:
         """Send the node its network map whenever it changes (changes are gathered for 50 ms)."""
@@ -273,7 +291,11 @@ class Dispatcher:
         if kind == "heartbeat":  # answered, so the agent can tell a dead manager from a quiet one
             await s.send({"type": "heartbeat"})
         elif kind == "status":
-            await update_status(self.objs, msg["id"], msg["status"])
+            try:
+                await update_status(self.objs, msg["id"], msg["status"])
+            except StoreError:  # the agent keeps the report and sends it again
+                await s.send({"type": "nack", "seq": msg.get("seq")})
+                return
             await s.send({"type": "ack", "seq": msg.get("seq")})
         elif kind == "hello":
             await self.set_node_state(s.node_id, "ready", description=msg.get("description"))
