@@ -6,8 +6,10 @@ Paths may carry a version prefix (``/v1.41/...``); it is stripped before routing
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import pkgutil
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -70,7 +72,10 @@ def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    from shoal.api import networks, nodes, services, swarm, system, tasks  # noqa: F401  (register routes)
+    import shoal.api
+
+    for mod in pkgutil.iter_modules(shoal.api.__path__):  # each module registers its routes on import
+        importlib.import_module(f"shoal.api.{mod.name}")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         version, path = split_version(request.path)
