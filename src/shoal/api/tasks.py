@@ -66,7 +66,8 @@ async def list_tasks(daemon: Daemon, request: web.Request) -> web.Response:
             continue
         if "name" in f and not match_any_prefix(task_display_name(t), f["name"]):
             continue
-        if "label" in f and not match_labels(t.get("Labels") or {}, f["label"]):
+        # Docker matches a task's label filter against its service's labels
+        if "label" in f and not match_labels((t.get("ServiceAnnotations") or {}).get("Labels") or {}, f["label"]):
             continue
         if "desired-state" in f and not _desired_matches(t["DesiredState"], f["desired-state"]):
             continue
