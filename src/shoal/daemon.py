@@ -24,16 +24,21 @@ from aiohttp import web
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.files import TaskFiles
+from shoal.agent.files import unmount as unmount_task_files
 from shoal.agent.session import RemoteSession
 from shoal.api.cluster import make_cluster_app
 from shoal.api.proxy import EngineProxy
 from shoal.api.server import make_app, not_manager
+from shoal.manager import roles
 from shoal.manager.allocator import Allocator, NetworkAllocator
 from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.orchestrator.orchestrator import Orchestrator
 from shoal.manager.reaper import Reaper
+from shoal.manager.roles import RoleManager
 from shoal.manager.scheduler.controller import SchedulerController
+from shoal.manager.secrets import cached_sealer
 from shoal.model.errors import APIError, BadRequest, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
 from shoal.model.network import ingress_spec, new_network
@@ -51,9 +56,11 @@ log = logging.getLogger(__name__)
 
 ALREADY_IN_SWARM = ('This node is already part of a swarm. Use "docker swarm leave" to leave this swarm '
                     "and join another one.")
-LEAVE_MANAGER = ("You are attempting to leave the swarm on a node that is participating as a manager. "
-                 "Removing the last manager erases all current state of the swarm. Use `--force` to "
-                 "ignore this message.")
+LEAVE_MANAGER = "You are attempting to leave the swarm on a node that is participating as a manager. "
+LEAVE_LAST_MANAGER = ("Removing the last manager erases all current state of the swarm. Use `--force` to ignore "
+                      "this message. ")
+LEAVE_CONSENSUS = ("The only way to restore a swarm that has lost consensus is to reinitialize it with "
+                   "`--force-new-cluster`. Use `--force` to suppress this message.")
 
 
 def default_cluster_spec() -> dict:
@@ -135,6 +142,7 @@ class Daemon:
         self.tls = NodeTLS(opts.data_dir / "certificates")
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
+        self._role_task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._cluster_runner: web.AppRunner | None = None
 
@@ -194,15 +202,21 @@ class Daemon:
         os.chmod(sock, 0o660)
         log.info("shoald listening on unix://%s", sock)
 
+    @property
+    def task_files_dir(self) -> Path:
+        """The tmpfs with the secret and config files of this node's tasks (see shoal.agent.files)."""
+        return self.opts.data_dir / "task-files"
+
     async def stop(self) -> None:
         await self._stop_roles()
+        unmount_task_files(self.task_files_dir)
         if self._runner:
             await self._runner.cleanup()
         await self._stop_store()
         await self.proxy.close()
 
     # -- store (managers) ---------------------------------------------------------------------------
-    async def _start_store(self, new: bool) -> None:
+    async def _start_store(self, new: bool, force_new: bool = False) -> None:
         """Start this manager's etcd member (mutual TLS from the cluster CA, peers on the advertised
         address) and the object cache over it."""
         edir = self.opts.data_dir / "etcd"
@@ -212,7 +226,7 @@ class Daemon:
         name = self.node_id
         cluster = self.etcd_cluster or f"{name}={self.peer_url}"
         self.etcd = EtcdMember(name, edir, client, self.peer_url, cluster, "new" if new else "existing",
-                               client_tls=client_tls, peer_tls=peer_tls)
+                               client_tls=client_tls, peer_tls=peer_tls, force_new_cluster=force_new)
         await self.etcd.start(ready_within=60)
         self.objs = Objects(self.etcd.store())
         await self.objs.start()
@@ -240,16 +254,79 @@ class Daemon:
             managers = sorted({f"{self.addr}:{self.cluster_port}", *self.managers})
         else:
             managers = self.managers
+            await self._serve_worker_port()
         self.executor = DockerExecutor(f"unix://{self.opts.engine}")
         self.session = RemoteSession(managers, self.tls.client_context(), self._describe, self.addr)
+        self.session.on_role = self._on_role
         self.session.start()
         if self.opts.networking:
             self.netagent = NetworkAgent(self.node_id, f"unix://{self.opts.engine}", self.opts.plugin_dir)
             await self.netagent.start()
             self._tasks.append(asyncio.create_task(self._follow_netmap(self.session, self.netagent),
                                                    name="netmap"))
-        agent = Agent(self.node_id, self.session, self.executor, network=self.netagent)
+        agent = Agent(self.node_id, self.session, self.executor, network=self.netagent,
+                      files=TaskFiles(self.task_files_dir, self.session))
         self._tasks.append(asyncio.create_task(agent.run(), name="agent"))
+
+    # -- promotion and demotion (this node) -------------------------------------------------------
+    def _on_role(self, role: str, leader: str) -> None:
+        if role not in ("manager", "worker") or role == self.role:
+            return
+        if self._role_task is None or self._role_task.done():
+            self._role_task = asyncio.create_task(self._change_role(role, leader), name="change-role")
+
+    async def _change_role(self, role: str, leader: str) -> None:
+        """Become ``role``: ask the leader for a certificate (and, to be a manager, an etcd member), then
+        restart this node's roles around it. Task containers and networking are left running."""
+        for attempt in range(30):
+            try:
+                async with self._lock:
+                    if self.state != "active" or self.role == role:
+                        return
+                    key = new_key()
+                    body = {"csr": make_csr(key).decode(), "peer_url": self.peer_url,
+                            "cluster_addr": self.my_cluster_addr}
+                    answer = await self._ask_leader(leader, "/role", body)
+                    if answer.get("role") != role:
+                        return
+                    log.info("this node becomes a %s", role)
+                    await self._stop_roles()
+                    if role == "worker":
+                        await self._stop_store()
+                        for sub in ("etcd", "etcd-tls"):
+                            shutil.rmtree(self.opts.data_dir / sub, ignore_errors=True)
+                        (self.tls.dir / "swarm-root-ca.key").unlink(missing_ok=True)
+                    self.tls.write(self.ca_cert_pem(), answer["cert"].encode(), key_pem(key))
+                    self.role = role
+                    self.managers = answer.get("managers") or self.managers
+                    if role == "manager":
+                        (self.tls.dir / "swarm-root-ca.key").write_bytes(answer["ca_key"].encode())
+                        os.chmod(self.tls.dir / "swarm-root-ca.key", 0o600)
+                        self.etcd_cluster = answer["etcd_cluster"]
+                        shutil.rmtree(self.opts.data_dir / "etcd", ignore_errors=True)
+                        await self._start_store(new=False)
+                    else:
+                        self.etcd_cluster = ""
+                    self._save_state()
+                    await self._start_roles()
+                    return
+            except (APIError, StoreError, aiohttp.ClientError, TimeoutError) as e:
+                log.warning("changing role to %s failed (attempt %d): %s", role, attempt + 1, e)
+                await asyncio.sleep(1)
+
+    async def _ask_leader(self, leader: str, path: str, body: dict) -> dict:
+        """POST to the leader's cluster port with this node's certificate (following a redirect)."""
+        for _ in range(3):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http, http.post(
+                    f"https://{leader}{path}", json=body, ssl=self.tls.client_context()) as resp:
+                answer = await resp.json()
+                if resp.status == 421 and resp.headers.get("X-Shoal-Leader"):
+                    leader = resp.headers["X-Shoal-Leader"]
+                    continue
+                if resp.status != 200:
+                    raise APIError(answer.get("message", f"{path} refused ({resp.status})"), resp.status)
+                return answer
+        raise Unavailable("could not find the leader")
 
     # -- leadership (managers) ------------------------------------------------------------------
     @property
@@ -260,6 +337,9 @@ class Daemon:
         """Campaign for leadership; while leading, run the controllers and the dispatcher."""
         value = json.dumps({"node_id": self.node_id, "addr": self.my_cluster_addr}).encode()
         while True:
+            if self._demoted():  # being demoted: leave leading to the managers that stay
+                await asyncio.sleep(0.5)
+                continue
             election = Election(self.objs.store, ttl=2, value=value)
             try:
                 await election.campaign()
@@ -271,24 +351,37 @@ class Daemon:
             self.is_leader, self.leader_addr = True, self.my_cluster_addr
             try:
                 await self._lead()
-                await election.lost.wait()
-                log.warning("leadership lost: %s", election.lost_reason)
+                while not self._demoted():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(election.lost.wait(), 0.5)
+                    if election.lost.is_set():
+                        log.warning("leadership lost: %s", election.lost_reason)
+                        break
+                else:
+                    log.info("this manager is being demoted: handing leadership over")
             finally:
                 self.is_leader = False
                 await self._stop_leading()
                 with contextlib.suppress(Exception):
                     await election.resign()
 
+    def _demoted(self) -> bool:
+        node = self.objs.get("nodes", self.node_id) if self.objs is not None else None
+        return node is not None and node["Spec"].get("Role") == "worker"
+
     async def _lead(self) -> None:
         assert self.objs is not None
         # the store may still be catching up after an election: read it fresh
         await self.objs._load()
         self.dispatcher = Dispatcher(self.objs)
+        self.dispatcher.sealer = cached_sealer(self.ca_key_pem())
         self.netalloc = NetworkAllocator(self.objs)
         self.netalloc.load()
         for name, coro in (("dispatcher", self.dispatcher.run()),
                            *((c.name, c.run()) for c in (Orchestrator(self.objs), Allocator(self.objs, self.netalloc),
-                                                         SchedulerController(self.objs), Reaper(self.objs)))):
+                                                         SchedulerController(self.objs), Reaper(self.objs),
+                                                         RoleManager(self.objs, self.node_id,
+                                                                     self.remove_etcd_member)))):
             self._leader_tasks.append(asyncio.create_task(coro, name=name))
         await self._mark_leader()
 
@@ -381,6 +474,20 @@ class Daemon:
         await site.start()
         log.info("cluster port listening on %s:%d (mutual TLS)", host or "0.0.0.0", port)
 
+    async def _serve_worker_port(self) -> None:
+        """A worker's cluster port answers only the managers' log requests (``docker service logs``)."""
+        from shoal.agent.logs import make_node_app
+
+        host, port = split_addr(self.opts.listen_addr or self.listen or "0.0.0.0:2377")
+        self._cluster_runner = web.AppRunner(make_node_app(self), access_log=None, handler_cancellation=True)
+        await self._cluster_runner.setup()
+        site = web.TCPSite(self._cluster_runner, host or "0.0.0.0", port, ssl_context=self.tls.server_context(),
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:  # e.g. a second shoald on one host: its logs just cannot be gathered
+            log.warning("worker log port %s:%d: %s", host or "0.0.0.0", port, e)
+
     async def _stop_roles(self) -> None:
         if self.session:
             await self.session.close()
@@ -443,6 +550,8 @@ class Daemon:
         self.listen = f"{lhost or '0.0.0.0'}:{lport}"
 
     async def init_swarm(self, req: dict) -> str:
+        if req.get("ForceNewCluster") and self.role == "manager" and self.state in ("active", "pending"):
+            return await self._force_new_cluster()
         async with self._lock:
             if self.state != "inactive":
                 raise Unavailable(ALREADY_IN_SWARM)
@@ -490,6 +599,36 @@ class Daemon:
             self._save_state()
             await self._start_roles()
             self.state = "active"
+            return self.node_id
+
+    async def _force_new_cluster(self) -> str:
+        """``swarm init --force-new-cluster`` on a manager: restart its etcd member as a one-member cluster
+        holding all its data (the way out of a lost quorum). The other managers become workers: once back,
+        they are told to change role (or leave and join again)."""
+        for t in self._tasks:
+            if t.get_name() == "resume":  # still waiting for a store that has no quorum
+                t.cancel()
+        async with self._lock:
+            await self._stop_roles()
+            await self._stop_store()
+            self.etcd_cluster = ""
+            await self._start_store(new=False, force_new=True)
+            for node in self.objs.list("nodes"):
+                if node["ID"] == self.node_id or node.get("ManagerStatus") is None:
+                    continue
+
+                def to_worker(n: dict) -> bool:
+                    n.pop("ManagerStatus", None)
+                    n["Spec"] = {**n["Spec"], "Role": "worker"}
+                    n["UpdatedAt"] = now()
+                    return True
+
+                await self.objs.modify("nodes", node["ID"], to_worker)
+            self.managers = [self.my_cluster_addr]
+            self._save_state()
+            await self._start_roles()
+            self.state = "active"
+            log.warning("forced a new one-manager cluster from this manager's data")
             return self.node_id
 
     async def join_swarm(self, req: dict) -> None:
@@ -547,11 +686,14 @@ class Daemon:
             if self.state != "active":
                 raise Unavailable("This node is not part of a swarm")
             if self.role == "manager" and not force:
-                raise Unavailable(LEAVE_MANAGER)
+                raise Unavailable(self._leave_manager_message())
+            if self.role == "manager" and self.objs is not None:
+                await self._leave_membership()
             netagent = self.netagent
             await self._stop_roles()
             await self._stop_store()
             await self._remove_task_containers()
+            unmount_task_files(self.task_files_dir)
             if netagent is not None:
                 await netagent.cleanup()
             self.netagent = None
@@ -559,6 +701,35 @@ class Daemon:
             for sub in ("etcd", "certificates"):
                 shutil.rmtree(self.opts.data_dir / sub, ignore_errors=True)
             self.state, self.role, self.node_id, self.managers = "inactive", "worker", "", []
+
+    def _leave_manager_message(self) -> str:
+        """Docker's refusal of a manager's ``swarm leave`` without ``--force``."""
+        msg = LEAVE_MANAGER
+        if self.objs is not None:
+            reachable, unreachable = roles.manager_stats(self.objs, self.node_id)
+            if reachable - 1 <= unreachable:  # leaving would lose the quorum
+                if reachable == 1 and unreachable == 0:
+                    return msg + LEAVE_LAST_MANAGER
+                msg += (f"Removing this node leaves {reachable - 1} managers out of {reachable + unreachable}. "
+                        "Without a Raft quorum your swarm will be inaccessible. ")
+        return msg + LEAVE_CONSENSUS
+
+    async def _leave_membership(self) -> None:
+        """A manager leaving a swarm that has other managers takes its etcd member out (when the store
+        answers), so the others keep their quorum arithmetic right."""
+        others = [n for n in self.objs.list("nodes") if n.get("ManagerStatus") and n["ID"] != self.node_id]
+        if not others:
+            return
+
+        def gone(n: dict) -> bool:
+            n.pop("ManagerStatus", None)
+            n["Status"] = {**n.get("Status", {}), "State": "down", "Message": "node left the swarm"}
+            n["UpdatedAt"] = now()
+            return True
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.objs.modify("nodes", self.node_id, gone), 5)
+            await asyncio.wait_for(self.remove_etcd_member(self.node_id), 5)
 
     async def _remove_task_containers(self) -> None:
         ex = DockerExecutor(f"unix://{self.opts.engine}")
@@ -576,22 +747,67 @@ class Daemon:
     def ca_key_pem(self) -> bytes:
         return (self.tls.dir / "swarm-root-ca.key").read_bytes()
 
+    async def role_request(self, node_id: str, cert_role: str, body: dict) -> dict:
+        """The leader's side of a node changing role: a certificate for the node's desired role, and for a
+        new manager its ManagerStatus, an etcd member, the CA key and the etcd cluster to join."""
+        node = self.objs.get("nodes", node_id)
+        if node is None:
+            raise APIError("rpc error: code = PermissionDenied desc = node has been removed from the swarm", 403)
+        want = node["Spec"].get("Role", "worker")
+        answer: dict = {"role": want, "managers": self.manager_addrs()}
+        if want == "worker" and node.get("ManagerStatus") is not None:
+            raise Unavailable("rpc error: code = Unavailable desc = the demotion is not finished yet")
+        if want == "manager":
+            addr = body.get("cluster_addr") or ""
+
+            def add_status(n: dict) -> bool:
+                if n.get("ManagerStatus") is not None:
+                    return False
+                n["ManagerStatus"] = {"Leader": False, "Reachability": "reachable", "Addr": addr}
+                n["UpdatedAt"] = now()
+                return True
+
+            await self.objs.modify("nodes", node_id, add_status)
+            answer["etcd_cluster"] = await self.add_etcd_member(node_id, body["peer_url"])
+            answer["ca_key"] = self.ca_key_pem().decode()
+            answer["managers"] = sorted({*self.manager_addrs(), addr})
+        try:
+            cert = sign_csr(body["csr"].encode(), self.ca_cert_pem(), self.ca_key_pem(), node_id, want,
+                        self.cluster()["ID"])
+        except (KeyError, ValueError) as e:
+            raise BadRequest(f"invalid certificate request: {e}") from None
+        answer["cert"] = cert.decode()
+        return answer
+
     def can_add_manager(self) -> bool:
         return True
 
     async def add_etcd_member(self, name: str, peer_url: str) -> str:
         """Add a joining manager's etcd member; returns its ``--initial-cluster``. etcd refuses changes
-        until every member has been up for 5 s ("unhealthy cluster"): retry for a while."""
+        until every member has been up for 5 s ("unhealthy cluster"): retry for a while. A member already
+        added for ``peer_url`` (a retried join or promotion) is reused."""
         store = self.objs.store
         deadline = asyncio.get_running_loop().time() + 30
         while True:
             try:
+                members = await store.member_list()  # type: ignore[attr-defined]
+                existing = next((m for m in members if peer_url in m.peer_urls), None)
+                if existing is not None:
+                    return initial_cluster(members, existing, name)
                 new, members = await store.member_add([peer_url])  # type: ignore[attr-defined]
                 return initial_cluster(members, new, name)
-            except StoreError as e:
+            except (StoreError, ValueError) as e:
                 if asyncio.get_running_loop().time() > deadline:
                     raise Unavailable(f"rpc error: code = Unavailable desc = could not add an etcd member: {e}") from e
                 await asyncio.sleep(0.5)
+
+    async def remove_etcd_member(self, name: str) -> None:
+        """Remove the etcd member of manager ``name`` (a node ID), if there is one."""
+        store = self.objs.store
+        for m in await store.member_list():  # type: ignore[attr-defined]
+            if m.name == name:
+                await store.member_remove(m.id)  # type: ignore[attr-defined]
+                return
 
     def manager_addrs(self) -> list[str]:
         out = []
@@ -648,15 +864,21 @@ class Daemon:
 
     # -- hooks for later subsystems (networks, secrets) ----------------------------------------------
     def check_spec_refs(self, spec: dict, exclude: str | None = None) -> None:
-        """Check and normalise what a service spec refers to (networks by name become IDs)."""
+        """Check and normalise what a service spec refers to (networks by name become IDs; secrets and
+        configs must exist)."""
+        from shoal.manager.secrets import check_refs
+        from shoal.model.secrets import validate_refs
+
+        validate_refs(spec)
         self.netalloc.normalise_networks(spec)
+        check_refs(self.objs, spec)
 
     async def allocate_endpoint(self, svc: dict, old: dict | None) -> None:
         """Fill the service's Endpoint: published ports and a virtual IP per network."""
         self.netalloc.allocate_service(svc)
 
     async def check_demote(self, node: dict) -> None:
-        raise APIError("rpc error: code = Unimplemented desc = demoting managers comes with HA managers", 501)
+        roles.check_demote(self.objs, self.node_id, node)
 
     async def remove_node(self, node: dict) -> None:
         if not await self.objs.delete("nodes", node):

@@ -120,3 +120,79 @@ def test_quorum_loss_and_recovery(lab: Lab) -> None:
              60, "all three managers back")
     names = lab.docker(stay, "service", "ls", "--format", "{{.Name}}").stdout.split()
     assert "no-quorum" not in names and "quorum-back" in names and "ha-web" in names
+
+
+def any_leader(lab: Lab) -> str | None:
+    """The leader, as whichever manager answers first sees it (managers change in these tests)."""
+    for h in lab.hosts:
+        if who := leader(lab, h.name):
+            return who
+    return None
+
+
+def container_ids(lab: Lab, service: str) -> dict[str, set[str]]:
+    out = {}
+    for h in lab.hosts:
+        cp = lab.engine_docker(h.name, "ps", "-q", "--no-trunc", "--filter",
+                               f"label=com.docker.swarm.service.name={service}", check=False)
+        out[h.name] = set(cp.stdout.split())
+    return out
+
+
+def test_promote_and_demote_disturb_no_task(lab: Lab) -> None:
+    lab.docker("manager1", "service", "create", "-d", "--name", "steady", "--mode", "global", WEB)
+    wait_for(lambda: all(container_ids(lab, "steady").values()), 60, "a steady task on every host")
+    before = container_ids(lab, "steady")
+    lead = wait_for(lambda: leader(lab, "manager1"), 30, "a leader")
+    lab.docker(lead, "node", "promote", "worker1")
+    wait_for(lambda: statuses(lab, lead).get("worker1") == "Reachable", 60, "worker1 to be a reachable manager")
+    # the new manager answers manager calls itself and sees four managers
+    wait_for(lambda: lab.docker("worker1", "node", "ls", check=False).returncode == 0, 30, "worker1 to serve node ls")
+    assert sorted(statuses(lab, "worker1")[m] for m in (*MANAGERS, "worker1")) == \
+        ["Leader", "Reachable", "Reachable", "Reachable"]
+    demoted = next(m for m in MANAGERS if m != lead)
+    lab.docker(lead, "node", "demote", demoted)
+    wait_for(lambda: statuses(lab, lead).get(demoted) == "", 60, f"{demoted} to be a worker")
+    cp = wait_for(lambda: (c := lab.docker(demoted, "node", "ls", check=False)).returncode != 0 and c, 30,
+                  f"{demoted} to stop serving manager calls")
+    assert "This node is not a swarm manager" in cp.stderr
+    lab.docker(lead, "service", "update", "-d", "--label-add", "after=promote", "steady")
+    time.sleep(3)
+    assert container_ids(lab, "steady") == before
+    assert running(lab, lead, "steady") == len(lab.hosts)
+
+
+def test_demote_refused_without_quorum(lab: Lab) -> None:
+    lead = wait_for(lambda: any_leader(lab), 30, "a leader")
+    managers = [h for h, s in statuses(lab, lead).items() if s in ("Leader", "Reachable")]
+    assert len(managers) == 3, statuses(lab, lead)
+    down, other = [m for m in managers if m != lead]
+    lab.kill(down)
+    wait_for(lambda: statuses(lab, lead).get(down) == "Unreachable", 30, f"{down} unreachable")
+    cp = lab.docker(lead, "node", "demote", other, check=False)
+    assert cp.returncode != 0
+    assert "can't remove member from the raft: this would result in a loss of quorum" in cp.stderr, cp.stderr
+    cp = lab.docker(other, "swarm", "leave", check=False)
+    assert "Removing this node leaves 1 managers out of 3" in cp.stderr, cp.stderr
+    assert statuses(lab, lead)[other] == "Reachable"
+    lab.start(down)
+    wait_for(lambda: statuses(lab, lead).get(down) == "Reachable", 60, f"{down} back")
+
+
+def test_force_new_cluster(lab: Lab) -> None:
+    lead = wait_for(lambda: any_leader(lab), 30, "a leader")
+    managers = [h for h, s in statuses(lab, lead).items() if s in ("Leader", "Reachable")]
+    stay = next(m for m in managers if m != lead)
+    gone = [m for m in managers if m != stay]
+    services = set(lab.docker(stay, "service", "ls", "--format", "{{.Name}}").stdout.split())
+    for m in gone:
+        lab.kill(m)
+    time.sleep(3)
+    assert lab.docker(stay, "service", "create", "-d", "--name", "lost", WEB, check=False, timeout=60).returncode != 0
+    lab.docker(stay, "swarm", "init", "--force-new-cluster")
+    wait_for(lambda: leader(lab, stay) == stay, 30, f"{stay} to lead alone")
+    lab.docker(stay, "service", "create", "-d", "--name", "reborn", WEB)
+    names = set(lab.docker(stay, "service", "ls", "--format", "{{.Name}}").stdout.split())
+    assert names == services | {"reborn"}
+    st = statuses(lab, stay)
+    assert [h for h, s in st.items() if s] == [stay], st

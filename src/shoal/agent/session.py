@@ -46,6 +46,10 @@ class RemoteSession:
         self._next = ""  # the leader, when a follower redirected us
         self.netmap: dict | None = None
         self.netmap_changed = asyncio.Event()
+        # secrets and configs of the assigned tasks, in memory only: {"secrets": {id: {ID, Name, Data}}, ...}
+        self.deps: dict[str, dict[str, dict]] = {"secrets": {}, "configs": {}}
+        self.current = ""  # the manager (the leader) this session is with
+        self.on_role: Callable[[str, str], None] | None = None  # (role, leader address): promoted/demoted
 
     # -- the Session protocol the Agent uses -------------------------------------------------------
     def assigned(self) -> list[dict]:
@@ -115,6 +119,7 @@ class RemoteSession:
                                           "not from this swarm)") from None
                 raise
             async with ws:
+                self.current = addr
                 await self._serve(ws)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -164,6 +169,11 @@ class RemoteSession:
         if kind == "assignments":
             if msg.get("full"):
                 self.tasks = {}
+                self.deps = {"secrets": {}, "configs": {}}
+            for dkind, known in self.deps.items():
+                known.update((d["ID"], d) for d in msg.get(dkind) or [])
+                for did in (msg.get("removed_deps") or {}).get(dkind) or []:
+                    known.pop(did, None)
             for t in msg.get("tasks", []):
                 mine = self._pending.get(t["ID"])
                 if mine is not None and states.before(t["Status"]["State"], mine["State"]):
@@ -177,6 +187,9 @@ class RemoteSession:
         elif kind == "netmap":
             self.netmap = msg.get("map")
             self.netmap_changed.set()
+        elif kind == "role":
+            if self.on_role is not None:
+                self.on_role(msg.get("role", ""), self.current)
         elif kind == "config":
             self.interval = float(msg.get("heartbeat", self.interval))
         elif kind == "ack":

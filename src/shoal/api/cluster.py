@@ -4,6 +4,8 @@
 - ``POST /join`` — a token and a CSR in, a node certificate out (the only call without a client
   certificate besides ``/ca``).
 - ``GET /session`` — an agent's session (WebSocket): assignments out, status reports and heartbeats in.
+- ``GET /logs`` — this node's task logs for a manager answering ``docker service logs`` (workers serve
+  only this one).
 Every other request needs a client certificate from this cluster whose node still exists.
 """
 
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from shoal.model.errors import APIError
+from shoal.agent.logs import make_logs_handler
 from shoal.model.ids import new_id, now
 from shoal.tls import peer_identity, sign_csr
 
@@ -93,7 +97,7 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
         ident = _identity(request)
         if ident is None:
             return _error("a client certificate from this swarm is required", 401)
-        node_id, _role, cluster_id = ident
+        node_id, cert_role, cluster_id = ident
         if cluster_id != daemon.cluster()["ID"]:
             return _error("certificate is from another swarm", 403)
         if daemon.objs.get("nodes", node_id) is None:
@@ -116,7 +120,7 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
             return ws
         hello = json.loads(first.data)
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        s = await dispatcher.open(node_id, send, hello, peer[0] if peer else "")
+        s = await dispatcher.open(node_id, send, hello, peer[0] if peer else "", cert_role)
         s.hangup = ws.close
         pump = asyncio.gather(dispatcher.pump(s), dispatcher.net_pump(s))
         try:
@@ -139,6 +143,23 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
             await ws.close()
         return ws
 
+    async def role(request: web.Request) -> web.Response:
+        """A promoted or demoted node asks the leader for what its new role needs."""
+        ident = _identity(request)
+        if ident is None or ident[2] != daemon.cluster()["ID"]:
+            return _error("a client certificate from this swarm is required", 401)
+        if not daemon.is_leader:
+            return web.json_response({"message": "not the leader", "leader": daemon.leader_addr}, status=421,
+                                     headers={"X-Shoal-Leader": daemon.leader_addr})
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("invalid role request", 400)
+        try:
+            return web.json_response(await daemon.role_request(ident[0], ident[1], body))
+        except APIError as e:
+            return _error(e.message, e.status)
+
     async def api(request: web.Request) -> web.StreamResponse:
         """An Engine-API write forwarded by another manager: answered as if asked here."""
         ident = _identity(request)
@@ -157,4 +178,5 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/ca", ca)
     app.router.add_post("/join", join)
     app.router.add_get("/session", session)
+    app.router.add_post("/role", role)
     return app

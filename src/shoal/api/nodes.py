@@ -10,20 +10,13 @@ from aiohttp import web
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import json_response, read_json, route
-from shoal.model.errors import APIError, BadRequest, InvalidArgument, OutOfSequence
+from shoal.model.errors import BadRequest, FailedPrecondition, InvalidArgument, OutOfSequence
 from shoal.model.ids import now
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
 
 FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
-
-
-class FailedPrecondition(APIError):
-    status = 400
-
-    def __init__(self, desc: str) -> None:
-        super().__init__(f"rpc error: code = FailedPrecondition desc = {desc}")
 
 
 @route("GET", "/nodes")
@@ -94,7 +87,7 @@ async def update_node(daemon: Daemon, request: web.Request, ref: str) -> web.Res
 async def remove_node(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
     node = resolve(daemon.objs, "nodes", ref)
     force = request.rel_url.query.get("force") in ("1", "true", "True")
-    if node["Spec"].get("Role") == "manager":
+    if node.get("ManagerStatus") is not None:  # still an etcd member
         raise FailedPrecondition(
             f"node {node['ID']} is a cluster manager and is a member of the raft cluster. It must be "
             "demoted to worker before removal")

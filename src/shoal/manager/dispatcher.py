@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from shoal.manager.secrets import Sealer, needed, payload
 from shoal.model import states
 from shoal.model.ids import now
 from shoal.store.base import StoreError
@@ -106,10 +107,13 @@ def _fingerprint(task: dict) -> tuple:
 class AgentSession:
     """The manager's end of one agent's session."""
 
-    def __init__(self, node_id: str, send: Callable[[dict], Awaitable[None]]) -> None:
+    def __init__(self, node_id: str, send: Callable[[dict], Awaitable[None]], role: str = "worker") -> None:
         self.node_id = node_id
         self.send = send
+        self.role = role  # the role in the node's certificate
+        self.role_sent = ""
         self.sent: dict[str, tuple] = {}
+        self.deps_sent: dict[str, set[str]] = {"secrets": set(), "configs": set()}  # secret/config IDs
         self.dirty = asyncio.Event()
         self.net_dirty = asyncio.Event()
         self.netmap: dict | None = None
@@ -127,6 +131,7 @@ class Dispatcher:
         self.last_seen: dict[str, float] = {}
         self._started = time.monotonic()
         self.stopped = False
+        self.sealer: Sealer | None = None  # opens secrets for the nodes that need them
 
     @property
     def interval(self) -> float:
@@ -168,6 +173,9 @@ class Dispatcher:
                     s = self.sessions.get(nid)
                     if s is not None:
                         s.dirty.set()
+                for kind, nid in changes:
+                    if kind == "nodes" and (s := self.sessions.get(nid)) is not None:
+                        await self.tell_role(s)
         finally:
             checker.cancel()
             self.objs.unwatch(watcher)
@@ -218,12 +226,25 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             await self.objs.modify("nodes", node_id, apply)
 
+    async def tell_role(self, s: AgentSession) -> None:
+        """Tell a node whose desired role differs from its certificate's to change role (a demoted
+        manager once its etcd member is gone)."""
+        node = self.objs.get("nodes", s.node_id)
+        if node is None:
+            return
+        want = node["Spec"].get("Role", "worker")
+        if want == s.role or want == s.role_sent or (want == "worker" and node.get("ManagerStatus") is not None):
+            return
+        s.role_sent = want
+        with contextlib.suppress(Exception):
+            await s.send({"type": "role", "role": want})
+
     async def open(self, node_id: str, send: Callable[[dict], Awaitable[None]], hello: dict,
-                   addr: str) -> AgentSession:
+                   addr: str, role: str = "worker") -> AgentSession:
         old = self.sessions.get(node_id)
         if old is not None:
             self.close(old)
-        s = AgentSession(node_id, send)
+        s = AgentSession(node_id, send, role)
         if self.stopped:  # leadership ended meanwhile
             s.closed = True
             return s
@@ -235,6 +256,7 @@ class Dispatcher:
                           if n["Spec"].get("Role") == "manager" and n.get("ManagerStatus"))
         await send({"type": "welcome", "node_id": node_id, "heartbeat": self.interval, "managers": managers})
         s.dirty.set()
+        await self.tell_role(s)
         return s
 
     def close(self, s: AgentSession) -> None:
@@ -280,9 +302,17 @@ class Dispatcher:
             tasks = {t["ID"]: t for t in assigned_to(self.objs, s.node_id)}
             changed = [t for tid, t in tasks.items() if full or s.sent.get(tid) != _fingerprint(t)]
             removed = [tid for tid in s.sent if tid not in tasks]
-            if full or changed or removed:
-                await s.send({"type": "assignments", "full": full, "tasks": changed, "removed": removed})
+            # the secrets and configs of the node's tasks go with them, each once per session
+            want = needed(tasks.values())
+            deps = {k: [p for oid in sorted(ids) if (full or oid not in s.deps_sent[k])
+                        and (p := payload(self.objs, self.sealer, k, oid)) is not None] for k, ids in want.items()}
+            gone = {k: sorted(s.deps_sent[k] - ids) for k, ids in want.items()}
+            if full or changed or removed or any(deps.values()) or any(gone.values()):
+                await s.send({"type": "assignments", "full": full, "tasks": changed, "removed": removed,
+                              **deps, "removed_deps": gone})
             s.sent = {tid: _fingerprint(t) for tid, t in tasks.items()}
+            s.deps_sent = {k: {p["ID"] for p in deps[k]} | (set() if full else s.deps_sent[k] & want[k])
+                           for k in want}
             full = False
 
     async def handle(self, s: AgentSession, msg: dict) -> None:

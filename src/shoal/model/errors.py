@@ -22,6 +22,13 @@ class InvalidArgument(APIError):
         super().__init__(f"rpc error: code = InvalidArgument desc = {desc}")
 
 
+class FailedPrecondition(APIError):
+    status = 400
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(f"rpc error: code = FailedPrecondition desc = {desc}")
+
+
 class BadRequest(APIError):
     status = 400
 
