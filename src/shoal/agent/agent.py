@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.files import TaskFiles
 from shoal.agent.runner import TaskRunner
 from shoal.model import states
 
@@ -38,11 +39,12 @@ class Session(Protocol):
 
 class Agent:
     def __init__(self, node_id: str, session: Session, executor: DockerExecutor,
-                 network: NetworkAgent | None = None) -> None:
+                 network: NetworkAgent | None = None, files: TaskFiles | None = None) -> None:
         self.node_id = node_id
         self.session = session
         self.ex = executor
         self.network = network  # None: no swarm networking (containers stay on the default bridge)
+        self.files = files  # secret and config files (None: not delivered)
         self.runners: dict[str, TaskRunner] = {}
         self._resync = asyncio.Event()
 
@@ -88,7 +90,7 @@ class Agent:
             container = containers.get(tid) if containers is not None else None
             if containers is None and states.terminal(task["Status"]["State"]):
                 continue  # finished before we knew it; nothing to run
-            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network)
+            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network, self.files)
             self.runners[tid] = r
             r.start()
         for tid in [t for t in self.runners if t not in assigned]:
@@ -100,3 +102,5 @@ class Agent:
                     log.info("removing container %s of unknown task %s", c["Id"][:12], tid)
                     with contextlib.suppress(Exception):
                         await self.ex.remove(c["Id"])
+            if self.files is not None:
+                self.files.prune(set(assigned) | set(self.runners))

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from shoal.agent.executor.docker import DockerExecutor, ExecutorError
+from shoal.agent.files import FilesError, TaskFiles
 from shoal.model import states
 from shoal.model.ids import now
 from shoal.model.service import DEFAULT_STOP_GRACE
@@ -22,11 +23,13 @@ class TaskRunner:
     """Drives one task toward its desired state. :meth:`poke` after the task or its container changed."""
 
     def __init__(self, task: dict, node_id: str, executor: DockerExecutor, report: Report,
-                 container: dict | None = None, network: NetworkAgent | None = None) -> None:
+                 container: dict | None = None, network: NetworkAgent | None = None,
+                 files: TaskFiles | None = None) -> None:
         self.task = task
         self.node_id = node_id
         self.ex = executor
         self.network = network  # None: containers get no swarm networks
+        self.files = files  # None: secrets and configs are not delivered
         self._report = report
         self.cid: str | None = container["Id"] if container else None
         self.observed = task["Status"]["State"]
@@ -57,6 +60,8 @@ class TaskRunner:
         if self.cid:
             with contextlib.suppress(ExecutorError):
                 await self.ex.remove(self.cid)
+        if self.files is not None:
+            self.files.release(self.task["ID"])
 
     async def report(self, state: str, message: str = "", err: str = "", exit_code: int | None = None,
                      pid: int = 0) -> None:
@@ -115,6 +120,7 @@ class TaskRunner:
         if not st.get("Running") and states.before(self.observed, states.RUNNING):
             if st.get("StartedAt", "").startswith("0001") or not st.get("StartedAt"):
                 await self.report(states.STARTING)
+                self._files()  # (re)written: a restarted shoald starts with an empty tmpfs
                 await self.ex.start(self.cid)
                 info = await self.ex.inspect(self.cid)
                 if info is None:
@@ -147,12 +153,15 @@ class TaskRunner:
         if not await self.ex.image_present(image):
             with contextlib.suppress(ExecutorError):
                 await self.ex.pull(image)
+        mounts = self._files()
         if self.network is None:
-            return await self.ex.create(self.task, self.node_id)
+            return await self.ex.create(self.task, self.node_id, {"HostConfig": {"Mounts": mounts}} if mounts else None)
         try:
             extra = await self.network.prepare_task(self.task)
         except NetworkError as e:
             raise ExecutorError(str(e)) from None
+        if mounts:
+            extra = {**(extra or {}), "HostConfig": {**(extra or {}).get("HostConfig", {}), "Mounts": mounts}}
         cid = await self.ex.create(self.task, self.node_id, extra)
         try:
             await self.network.connect_extra(self.task, cid)
@@ -161,6 +170,15 @@ class TaskRunner:
                 await self.ex.remove(cid)
             raise ExecutorError(str(e)) from None
         return cid
+
+    def _files(self) -> list[dict]:
+        """Write the task's secret and config files; their bind mounts for the container."""
+        if self.files is None:
+            return []
+        try:
+            return self.files.prepare(self.task)
+        except (FilesError, OSError) as e:
+            raise ExecutorError(str(e)) from None
 
     async def _shutdown(self) -> None:
         code = None

@@ -125,6 +125,8 @@ def _merge(cfg: dict, extra: dict) -> None:
         for hkey, hvalue in value.items():
             if hkey == "Dns":
                 host["Dns"] = list(hvalue) + [d for d in host.get("Dns") or [] if d not in hvalue]
+            elif hkey == "Mounts":  # secret and config files come after the task's own mounts
+                host["Mounts"] = list(host.get("Mounts") or []) + list(hvalue)
             else:
                 host[hkey] = hvalue
 

@@ -1,0 +1,142 @@
+"""Secrets at rest and on their way to nodes.
+
+A secret's data is sealed with AES-256-GCM before it reaches the store: the object keeps
+``"Sealed": "v1:<base64 of nonce ‖ ciphertext ‖ tag>"`` and no ``Spec.Data``; the object's kind and ID
+are the associated data, so a sealed value cannot be moved to another object. The key is derived
+(HKDF-SHA256) from the private scalar of the cluster's root CA key, which every manager holds in
+``<data-dir>/certificates/swarm-root-ca.key`` (mode 0600) and workers never get: no extra key to
+distribute or back up, and whatever protects the CA key protects the secrets too. Configs are not
+secret and are stored as given.
+
+The dispatcher hands a node the secrets and configs of the tasks assigned to it (see
+:func:`needed`, :func:`payload`), decrypted, over the node's mutual-TLS session.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+from collections.abc import Iterable
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shoal.model import states
+from shoal.model.errors import InvalidArgument
+from shoal.model.secrets import references
+from shoal.store.objects import Objects
+
+_INFO = b"shoal secrets data key v1"
+_PREFIX = "v1:"
+
+
+class SealError(Exception):
+    """A sealed value could not be opened (wrong key, or tampered with)."""
+
+
+def data_key(ca_key_pem: bytes) -> bytes:
+    """The 256-bit data key derived from the cluster root CA's private key."""
+    key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        material = key.private_numbers().private_value.to_bytes(66, "big")
+    else:  # any other key type: its canonical DER encoding
+        material = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(material)
+
+
+class Sealer:
+    """AES-256-GCM with a fresh 96-bit nonce per value."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_ca_key(cls, ca_key_pem: bytes) -> Sealer:
+        return cls(data_key(ca_key_pem))
+
+    def seal(self, kind: str, oid: str, data: bytes) -> str:
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, data, f"{kind}/{oid}".encode())
+        return _PREFIX + base64.b64encode(blob).decode()
+
+    def open(self, kind: str, oid: str, sealed: str) -> bytes:
+        if not sealed.startswith(_PREFIX):
+            raise SealError("unknown sealed-value format")
+        try:
+            blob = base64.b64decode(sealed[len(_PREFIX):], validate=True)
+            return self._aead.decrypt(blob[:12], blob[12:], f"{kind}/{oid}".encode())
+        except Exception as e:
+            raise SealError(f"cannot open {kind}/{oid}: {type(e).__name__}") from None
+
+
+def reveal(sealer: Sealer | None, kind: str, obj: dict) -> bytes:
+    """The plain data of a stored secret or config."""
+    if kind == "secrets":
+        if sealer is None:
+            raise SealError("no data key on this node")
+        return sealer.open(kind, obj["ID"], obj.get("Sealed") or "")
+    return base64.b64decode((obj.get("Spec") or {}).get("Data") or "")
+
+
+def needs_files(task: dict) -> bool:
+    """Whether a node still needs a task's secrets and configs (the task may yet run)."""
+    return not states.terminal(task["Status"]["State"]) and \
+        states.rank(task.get("DesiredState", states.RUNNING)) <= states.rank(states.RUNNING)
+
+
+def needed(tasks: Iterable[dict]) -> dict[str, set[str]]:
+    """IDs of the secrets and configs that the tasks which may still run refer to."""
+    out: dict[str, set[str]] = {"secrets": set(), "configs": set()}
+    for t in tasks:
+        if not needs_files(t):
+            continue
+        for kind in ("secrets", "configs"):
+            one = kind[:-1].title()
+            out[kind].update(r[f"{one}ID"] for r in references(t.get("Spec") or {}, kind)  # type: ignore[arg-type]
+                             if r.get(f"{one}ID"))
+    return out
+
+
+def payload(objs: Objects, sealer: Sealer | None, kind: str, oid: str) -> dict | None:
+    """What a node gets of one secret or config: ``{"ID", "Name", "Data": base64}`` (None if it is gone
+    or cannot be opened here; the agent then refuses the task)."""
+    obj = objs.get(kind, oid)
+    if obj is None:
+        return None
+    try:
+        data = reveal(sealer, kind, obj)
+    except SealError:
+        return None
+    return {"ID": oid, "Name": obj["Spec"]["Name"], "Data": base64.b64encode(data).decode()}
+
+
+@functools.lru_cache(maxsize=4)
+def cached_sealer(ca_key_pem: bytes) -> Sealer:
+    return Sealer.from_ca_key(ca_key_pem)
+
+
+def check_refs(objs: Objects, spec: dict) -> None:
+    """A service's secret and config references must name existing objects (ID and name both), as
+    swarmkit checks them: ``secret not found: a`` / ``secrets not found: a, b`` (InvalidArgument)."""
+    for kind in ("secrets", "configs"):
+        one = kind[:-1]
+        missing = []
+        for ref in references(spec, kind):  # type: ignore[arg-type]
+            obj = objs.get(kind, ref.get(f"{one.title()}ID") or "")
+            name = ref.get(f"{one.title()}Name") or ""
+            if obj is None or obj["Spec"].get("Name") != name:
+                missing.append(name)
+        if missing:
+            word = kind if len(missing) > 1 else one
+            raise InvalidArgument(f"{word} not found: {', '.join(missing)}")
+
+
+def users_of(objs: Objects, kind: str, oid: str) -> list[str]:
+    """Names of the services whose spec refers to a secret or config."""
+    one = kind[:-1].title()
+    return [svc["Spec"]["Name"] for svc in objs.list("services")
+            if any(ref.get(f"{one}ID") == oid for ref in references(svc["Spec"], kind))]  # type: ignore[arg-type]
