@@ -34,6 +34,7 @@ from shoal.manager import roles
 from shoal.manager.allocator import Allocator, NetworkAllocator
 from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.events import SwarmEvents
 from shoal.manager.orchestrator.orchestrator import Orchestrator
 from shoal.manager.reaper import Reaper
 from shoal.manager.roles import RoleManager
@@ -145,6 +146,7 @@ class Daemon:
         self._role_task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._cluster_runner: web.AppRunner | None = None
+        self.swarm_events = SwarmEvents()  # for `docker events` (managers)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -251,6 +253,7 @@ class Daemon:
             await self._serve_cluster_port()
             self._tasks.append(asyncio.create_task(self._leadership(), name="leadership"))
             self._tasks.append(asyncio.create_task(self._track_leader(), name="track-leader"))
+            self._tasks.append(asyncio.create_task(self.swarm_events.run(self.objs), name="swarm-events"))
             managers = sorted({f"{self.addr}:{self.cluster_port}", *self.managers})
         else:
             managers = self.managers

@@ -178,5 +178,6 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/ca", ca)
     app.router.add_post("/join", join)
     app.router.add_get("/session", session)
+    app.router.add_get("/logs", make_logs_handler(daemon))  # this node's task logs, for managers
     app.router.add_post("/role", role)
     return app

@@ -1,0 +1,143 @@
+"""Swarm events for ``docker events``, derived from the store's changes on every manager.
+
+A watcher on the object cache compares each changed service, node, network, secret and config with the
+version seen before and records Docker's event for it (Type, Action create|update|remove, Actor with
+``name`` and, for updates, the ``*.old``/``*.new`` attributes moby's daemon adds, scope ``swarm``).
+The last events are kept for ``--since``; subscribers get new ones as they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shoal.store.objects import Objects
+
+KINDS = {"services": "service", "nodes": "node", "networks": "network", "secrets": "secret", "configs": "config"}
+HISTORY = 1024
+
+
+def parse_time_ns(value: str | None) -> int | None:
+    """An RFC 3339 timestamp (nanoseconds allowed) as Unix nanoseconds."""
+    if not value:
+        return None
+    head, dot, frac = value.rstrip("Z").partition(".")
+    tz = ""
+    for sign in ("+", "-"):
+        if sign in frac:
+            frac, _, tz = frac.partition(sign)
+            tz = sign + tz
+    try:
+        base = datetime.fromisoformat(head + (tz or "+00:00"))
+    except ValueError:
+        return None
+    return int(base.timestamp()) * 1_000_000_000 + int((frac + "000000000")[:9] if dot else 0)
+
+
+def _lower(value: object) -> str:
+    return str(value).lower()
+
+
+def _node_name(node: dict) -> str:
+    return (node.get("Spec") or {}).get("Name") or (node.get("Description") or {}).get("Hostname") or ""
+
+
+def _node_changes(old: dict, new: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pairs = (("availability", old["Spec"].get("Availability"), new["Spec"].get("Availability")),
+             ("role", old["Spec"].get("Role"), new["Spec"].get("Role")),
+             ("state", (old.get("Status") or {}).get("State"), (new.get("Status") or {}).get("State")))
+    for key, a, b in pairs:
+        if a != b:
+            out[f"{key}.old"], out[f"{key}.new"] = _lower(a or ""), _lower(b or "")
+    oms, nms = old.get("ManagerStatus"), new.get("ManagerStatus")
+    if oms and nms:
+        if bool(oms.get("Leader")) != bool(nms.get("Leader")):
+            out["leader.old"], out["leader.new"] = _lower(bool(oms.get("Leader"))), _lower(bool(nms.get("Leader")))
+        if oms.get("Reachability") != nms.get("Reachability"):
+            out["reachability.old"], out["reachability.new"] = oms.get("Reachability", ""), nms.get("Reachability", "")
+    return out
+
+
+def _service_changes(old: dict, new: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    image = lambda s: ((s["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image")  # noqa: E731
+    if image(old) != image(new):
+        out["image.old"], out["image.new"] = image(old) or "", image(new) or ""
+    orep = ((old["Spec"].get("Mode") or {}).get("Replicated") or None)
+    nrep = ((new["Spec"].get("Mode") or {}).get("Replicated") or None)
+    if orep is not None and nrep is not None and orep.get("Replicas") != nrep.get("Replicas"):
+        out["replicas.old"], out["replicas.new"] = str(orep.get("Replicas", 1)), str(nrep.get("Replicas", 1))
+    ous, nus = old.get("UpdateStatus"), new.get("UpdateStatus")
+    if nus:
+        if not ous:
+            out["updatestate.new"] = nus.get("State", "")
+        elif ous.get("State") != nus.get("State"):
+            out["updatestate.old"], out["updatestate.new"] = ous.get("State", ""), nus.get("State", "")
+    return out
+
+
+def make_event(kind: str, action: str, obj: dict, old: dict | None) -> dict:
+    """Docker's events.Message for a change of a swarm object."""
+    etype = KINDS[kind]
+    name = _node_name(obj) if kind == "nodes" else (obj.get("Spec") or {}).get("Name", "")
+    attrs = {"name": name}
+    if action == "update" and old is not None:
+        if kind == "nodes":
+            attrs.update(_node_changes(old, obj))
+        elif kind == "services":
+            attrs.update(_service_changes(old, obj))
+    ts = {"create": parse_time_ns(obj.get("CreatedAt")), "update": parse_time_ns(obj.get("UpdatedAt"))}.get(action)
+    if ts is None:
+        ts = time.time_ns()
+    return {"Type": etype, "Action": action, "Actor": {"ID": obj["ID"], "Attributes": attrs},
+            "scope": "swarm", "time": ts // 1_000_000_000, "timeNano": ts}
+
+
+class SwarmEvents:
+    """Records swarm events from one manager's object cache; a ring of the last ones plus subscribers."""
+
+    def __init__(self, history: int = HISTORY) -> None:
+        self.history: deque[dict] = deque(maxlen=history)
+        self._subscribers: set[asyncio.Queue] = set()
+
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=10000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    def publish(self, event: dict) -> None:
+        self.history.append(event)
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):  # a reader that fell that far behind loses events
+                q.put_nowait(event)
+
+    async def run(self, objs: Objects) -> None:
+        """Follow the cache until cancelled (one run per store; the history outlives it)."""
+        seen = {kind: {o["ID"]: o for o in objs.list(kind)} for kind in KINDS}
+        watcher = objs.watcher(KINDS)
+        try:
+            while True:
+                changes = await watcher.wait()
+                for kind, oid in sorted(changes):
+                    old, new = seen[kind].get(oid), objs.get(kind, oid)
+                    if new is None:
+                        if old is not None:
+                            del seen[kind][oid]
+                            self.publish(make_event(kind, "remove", old, None))
+                        continue
+                    seen[kind][oid] = new
+                    if old is None:
+                        self.publish(make_event(kind, "create", new, None))
+                    elif old.get("Version") != new.get("Version"):
+                        self.publish(make_event(kind, "update", new, old))
+        finally:
+            objs.unwatch(watcher)
