@@ -17,6 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from openapi_check import check_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOAL = [sys.executable, "-m", "shoal.cli"]
@@ -52,13 +53,16 @@ class Shoald:
         self.log = root / "shoald.log"
         self.client_port, self.peer_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
+        self.api_record = root / "api-record.jsonl"  # every JSON answer, checked against the OpenAPI doc
+        self._checked = 0
 
     @property
     def host(self) -> str:
         return f"unix://{self.sock}"
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SHOAL_API_RECORD": str(self.api_record)}
+        LIVE.add(self)
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [*SHOAL, "daemon", "--data-dir", str(self.data), "--socket", self.sock,
@@ -101,6 +105,23 @@ class Shoald:
         pid = self.etcd_pid()
         if pid:
             os.kill(pid, signal.SIGKILL)
+        LIVE.discard(self)
+        self.check_api()
+
+    def check_api(self) -> None:
+        """Fail when an answer given since the last check does not match shoal's OpenAPI document."""
+        if not self.api_record.exists():
+            return
+        with open(self.api_record, "rb") as f:
+            f.seek(self._checked)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]
+        self._checked += len(data)
+        tmp = self.root / "api-record.chunk"
+        tmp.write_bytes(data)
+        problems = check_record(tmp)
+        if problems:
+            raise AssertionError("answers that do not match src/shoal/api/openapi.yaml:\n" + "\n".join(problems))
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
                 timeout: float = 30) -> tuple[int, dict, object]:
@@ -129,6 +150,17 @@ class Shoald:
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.host, timeout=60)
+
+
+LIVE: set[Shoald] = set()
+
+
+@pytest.fixture(autouse=True)
+def _check_api_answers() -> Iterator[None]:
+    """After each test, every JSON answer the running shoalds gave must match the OpenAPI document."""
+    yield
+    for d in list(LIVE):
+        d.check_api()
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):

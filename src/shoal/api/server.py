@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import re
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,10 @@ def make_app(daemon: Daemon) -> web.Application:
         return await daemon.proxy.handle(request)
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    if os.environ.get("SHOAL_API_RECORD"):  # tests: keep every JSON answer to check it against the OpenAPI doc
+        from shoal.api.openapi import recorder
+
+        app.middlewares.append(recorder(os.environ["SHOAL_API_RECORD"]))
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app["dispatch"] = dispatch
     return app
