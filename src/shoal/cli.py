@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from shoal import operations
 from shoal.daemon import Daemon, Options
 from shoal.lab.cli import add_lab_parser, run_lab
 
@@ -43,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--plugin-dir", default="/run/docker/plugins", help="where the engine looks for plugins")
     d.add_argument("--debug", action="store_true")
     add_lab_parser(sub)
+    operations.add_parsers(sub)
     args = p.parse_args(argv)
     if args.cmd == "lab":
         return run_lab(args)
+    if args.cmd in ("backup", "restore"):
+        return operations.run(args)
     if args.cmd == "daemon":
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -50,6 +50,7 @@ from shoal.store.election import Election
 from shoal.store.etcd import initial_cluster
 from shoal.store.etcd_member import EtcdMember
 from shoal.store.etcd_tls import issue_etcd_cert
+from shoal.store.housekeeping import housekeep
 from shoal.store.objects import Objects
 from shoal.tls import NodeTLS, ca_only_context, insecure_context, key_pem, make_csr, new_key, sign_csr
 
@@ -144,6 +145,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
         self._role_task: asyncio.Task | None = None
+        self._restored = False
         self._runner: web.AppRunner | None = None
         self._cluster_runner: web.AppRunner | None = None
         self.swarm_events = SwarmEvents()  # for `docker events` (managers)
@@ -156,7 +158,8 @@ class Daemon:
     def _save_state(self) -> None:
         self.state_file.write_text(json.dumps({
             "node_id": self.node_id, "role": self.role, "addr": self.addr, "port": self.cluster_port,
-            "listen": self.listen, "managers": self.managers, "etcd_cluster": self.etcd_cluster}))
+            "listen": self.listen, "managers": self.managers, "etcd_cluster": self.etcd_cluster,
+            "etcd_peer_port": self.opts.etcd_peer_port}))
 
     async def start(self) -> None:
         self.opts.data_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +174,7 @@ class Daemon:
             self.cluster_port, self.listen = st.get("port", 2377), st.get("listen", "")
             self.managers = st.get("managers", [])
             self.etcd_cluster = st.get("etcd_cluster", "")
+            self._restored = bool(st.get("restored"))
             self.state = "pending"
             self._tasks.append(asyncio.create_task(self._resume(), name="resume"))
 
@@ -181,6 +185,10 @@ class Daemon:
                 while True:
                     try:
                         await self._start_store(new=False)
+                        if self._restored:  # `shoal restore` made a one-member cluster of a snapshot
+                            await self._sole_manager()
+                            self._restored = False
+                            self._save_state()
                         break
                     except StoreError as e:
                         log.warning("the local etcd member is not ready (%s); retrying", e)
@@ -254,6 +262,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._leadership(), name="leadership"))
             self._tasks.append(asyncio.create_task(self._track_leader(), name="track-leader"))
             self._tasks.append(asyncio.create_task(self.swarm_events.run(self.objs), name="swarm-events"))
+            self._tasks.append(asyncio.create_task(housekeep(self.objs.store), name="housekeeping"))  # type: ignore[arg-type]
             managers = sorted({f"{self.addr}:{self.cluster_port}", *self.managers})
         else:
             managers = self.managers
@@ -616,23 +625,27 @@ class Daemon:
             await self._stop_store()
             self.etcd_cluster = ""
             await self._start_store(new=False, force_new=True)
-            for node in self.objs.list("nodes"):
-                if node["ID"] == self.node_id or node.get("ManagerStatus") is None:
-                    continue
-
-                def to_worker(n: dict) -> bool:
-                    n.pop("ManagerStatus", None)
-                    n["Spec"] = {**n["Spec"], "Role": "worker"}
-                    n["UpdatedAt"] = now()
-                    return True
-
-                await self.objs.modify("nodes", node["ID"], to_worker)
-            self.managers = [self.my_cluster_addr]
+            await self._sole_manager()
             self._save_state()
             await self._start_roles()
             self.state = "active"
             log.warning("forced a new one-manager cluster from this manager's data")
             return self.node_id
+
+    async def _sole_manager(self) -> None:
+        """After a forced new cluster or a restore: this manager is the only one; the others are workers."""
+        for node in self.objs.list("nodes"):
+            if node["ID"] == self.node_id or node.get("ManagerStatus") is None:
+                continue
+
+            def to_worker(n: dict) -> bool:
+                n.pop("ManagerStatus", None)
+                n["Spec"] = {**n["Spec"], "Role": "worker"}
+                n["UpdatedAt"] = now()
+                return True
+
+            await self.objs.modify("nodes", node["ID"], to_worker)
+        self.managers = [self.my_cluster_addr]
 
     async def join_swarm(self, req: dict) -> None:
         async with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -81,3 +82,28 @@ def test_leave_removes_task_containers(own_shoald, docker_engine):
     assert docker_engine.api.containers(all=True, filters={"label": "com.docker.swarm.service.name=leaver"}) == []
     _, headers, _ = d.request("GET", "/_ping")
     assert headers["Swarm"] == "inactive"
+
+
+def test_backup_and_restore(own_shoald, docker_engine, tmp_path):
+    from conftest import SHOAL
+
+    d = own_shoald
+    d.docker("service", "create", "-d", "--name", "before-backup", "shoal/demo-web:latest")
+    snap = tmp_path / "swarm.db"
+    cp = subprocess.run([*SHOAL, "backup", str(snap), "--socket", d.sock], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert snap.stat().st_size > 0
+    d.docker("service", "create", "-d", "--name", "after-backup", "shoal/demo-web:latest")
+    restore = [*SHOAL, "restore", str(snap), "--data-dir", str(d.data)]
+    cp = subprocess.run(restore, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 1 and "stop shoald first" in cp.stderr
+    d.kill(signal.SIGTERM)
+    cp = subprocess.run(restore, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    d.start()
+    names = wait_for(lambda: (r := d.request("GET", "/services"))[0] == 200 and [s["Spec"]["Name"] for s in r[2]],
+                     60, what="the services after the restore")
+    assert names == ["before-backup"]
+    wait_for(lambda: d.docker("service", "create", "-d", "--name", "after-restore", "shoal/demo-web:latest",
+                              check=False).returncode == 0, 30, interval=0.5, what="a write after the restore")
+    assert "Leader" in d.docker("node", "ls").stdout
