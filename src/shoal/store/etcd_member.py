@@ -168,6 +168,7 @@ class EtcdMember:
             "--heartbeat-interval=100",
             "--election-timeout=1000",
             "--snapshot-count=10000",
+            "--pre-vote",  # a member coming back from a partition does not depose the raft leader
             "--logger=zap",
             "--log-outputs=stderr",
         ]
