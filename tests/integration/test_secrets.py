@@ -163,7 +163,7 @@ def test_task_reads_its_secret_and_config_from_tmpfs(shoald, docker_engine, tmp_
     task_id = c.labels["com.docker.swarm.task.id"]
     assert (files / task_id).is_dir()
     shoald.docker("service", "rm", "reader")
-    wait_for(lambda: not docker_engine.containers.list(all=True, filters={"id": c.id}), 30, what="container removed")
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30, what="container removed")
     wait_for(lambda: not (files / task_id).exists(), 10, what="the task's files removed")
     shoald.docker("secret", "rm", "api_key")
     shoald.docker("config", "rm", "app_cfg")
@@ -182,8 +182,26 @@ def test_v20_cli_service_with_default_targets(shoald, docker_engine, tmp_path):
     spec = json.loads(shoald.docker("service", "inspect", "old", cli=DOCKER_V20).stdout)[0]["Spec"]
     [sref] = spec["TaskTemplate"]["ContainerSpec"]["Secrets"]
     assert sref["SecretName"] == "old_secret" and sref["File"]["Name"] == "old_secret"
+
+    # an update that names an unknown secret is refused and changes nothing
+    status, _, svc = shoald.request("GET", "/services/old")
+    spec = svc["Spec"]
+    spec["TaskTemplate"]["ContainerSpec"]["Secrets"].append(
+        {"SecretID": "1" * 25, "SecretName": "nope", "File": {"Name": "nope", "UID": "0", "GID": "0", "Mode": 292}})
+    status, _, body = shoald.request("POST", f"/services/old/update?version={svc['Version']['Index']}", spec)
+    assert (status, body["message"]) == (400, "rpc error: code = InvalidArgument desc = secret not found: nope")
+    assert shoald.request("GET", "/services/old")[2]["Version"] == svc["Version"]
+
+    # --secret-add / --config-rm roll the task: the new container has the new file and not the old one
+    shoald.docker("service", "update", "-d", "--secret-add", "source=old_secret,target=/again,mode=0440",
+                  "--config-rm", "old_config", "old", cli=DOCKER_V20)
+    new = wait_for(lambda: (lambda cs: cs[0] if len(cs) == 1 and cs[0].id != c.id else None)(
+        running_containers(docker_engine, "old")), 30, what="the updated task")
+    assert file_facts(new, "/again")[:2] == ("v20 secret", "440 0 0")
+    assert sh(new, "test -e /old_config || echo absent").strip() == "absent"
     shoald.docker("service", "rm", "old", cli=DOCKER_V20)
-    wait_for(lambda: not docker_engine.containers.list(all=True, filters={"id": c.id}), 30, what="container removed")
+    label = {"label": "com.docker.swarm.service.name=old"}
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters=label), 30, what="containers removed")
     shoald.docker("secret", "rm", "old_secret", cli=DOCKER_V20)
     shoald.docker("config", "rm", "old_config", cli=DOCKER_V20)
 
@@ -215,7 +233,7 @@ def test_docker_py_secrets_and_configs(shoald, docker_engine):
             secret.remove()
         assert err.value.status_code == 400 and "is in use by the following service: pysec" in str(err.value)
         svc.remove()
-        wait_for(lambda: not docker_engine.containers.list(all=True, filters={"id": c.id}), 30,
+        wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30,
                  what="container removed")
         secret.remove()
         config.remove()
