@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from shoal import autolock
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.files import TaskFiles
@@ -88,6 +89,18 @@ def _merge_spec(base: dict, override: dict) -> dict:
     return out
 
 
+def _init_overrides(spec: dict) -> dict:
+    """``swarm init`` keeps the defaults and takes only the request's non-zero values (Docker merges
+    non-nil, non-zero fields; the two pointer fields count when set, even to 0)."""
+    out: dict = {}
+    for k, v in (spec or {}).items():
+        if isinstance(v, dict):
+            out[k] = _init_overrides(v)
+        elif v or (k in ("TaskHistoryRetentionLimit", "KeepOldSnapshots") and v is not None):
+            out[k] = v
+    return out
+
+
 def detect_addr() -> str:
     """The address other hosts would reach us at: the source address of the default route."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -149,6 +162,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._cluster_runner: web.AppRunner | None = None
         self.swarm_events = SwarmEvents()  # for `docker events` (managers)
+        self.keylock = autolock.KeyLock(opts.data_dir)  # a manager's keys with --autolock
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -175,8 +189,18 @@ class Daemon:
             self.managers = st.get("managers", [])
             self.etcd_cluster = st.get("etcd_cluster", "")
             self._restored = bool(st.get("restored"))
+            if self.role == "manager" and self.keylock.enabled:  # autolock: wait for `docker swarm unlock`
+                self.keylock.wipe()
+                self.state = "locked"
+                return
             self.state = "pending"
             self._tasks.append(asyncio.create_task(self._resume(), name="resume"))
+
+    async def resume(self) -> None:
+        """Start a manager that was locked, once ``swarm unlock`` has opened its keys."""
+        task = asyncio.create_task(self._resume(), name="resume")
+        self._tasks.append(task)
+        await asyncio.shield(task)
 
     async def _resume(self) -> None:
         """Rejoin the swarm this node was in before it stopped (retrying until the store answers)."""
@@ -219,6 +243,8 @@ class Daemon:
 
     async def stop(self) -> None:
         await self._stop_roles()
+        if self.keylock.enabled:
+            self.keylock.wipe()  # the keys were only in memory: a restarted manager is locked
         unmount_task_files(self.task_files_dir)
         if self._runner:
             await self._runner.cleanup()
@@ -263,6 +289,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._track_leader(), name="track-leader"))
             self._tasks.append(asyncio.create_task(self.swarm_events.run(self.objs), name="swarm-events"))
             self._tasks.append(asyncio.create_task(housekeep(self.objs.store), name="housekeeping"))  # type: ignore[arg-type]
+            self._tasks.append(asyncio.create_task(autolock.follow(self), name="autolock"))
             managers = sorted({f"{self.addr}:{self.cluster_port}", *self.managers})
         else:
             managers = self.managers
@@ -588,7 +615,7 @@ class Daemon:
             ts = now()
             cluster = {
                 "ID": cluster_id, "CreatedAt": ts, "UpdatedAt": ts,
-                "Spec": _merge_spec(default_cluster_spec(), req.get("Spec") or {}),
+                "Spec": _merge_spec(default_cluster_spec(), _init_overrides(req.get("Spec") or {})),
                 "TLSInfo": tls_info(cert), "RootRotationInProgress": False,
                 "DefaultAddrPool": req.get("DefaultAddrPool") or ["10.0.0.0/8"],
                 "SubnetSize": req.get("SubnetSize") or 24,
@@ -602,6 +629,7 @@ class Daemon:
                 "Status": {"State": "ready", "Addr": self.addr},
                 "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": self.my_cluster_addr},
             }
+            autolock.update_cluster(cluster, key)
             await self.objs.create("clusters", cluster)
             await self.objs.create("nodes", node)
             ingress = NetworkAllocator(self.objs).allocate_network(new_network(ingress_spec()),
@@ -699,6 +727,8 @@ class Daemon:
 
     async def leave(self, force: bool) -> None:
         async with self._lock:
+            if self.state == "locked":
+                return await autolock.leave_locked(self, force)
             if self.state != "active":
                 raise Unavailable("This node is not part of a swarm")
             if self.role == "manager" and not force:
@@ -714,6 +744,7 @@ class Daemon:
                 await netagent.cleanup()
             self.netagent = None
             self.state_file.unlink(missing_ok=True)
+            self.keylock.forget()
             for sub in ("etcd", "certificates"):
                 shutil.rmtree(self.opts.data_dir / sub, ignore_errors=True)
             self.state, self.role, self.node_id, self.managers = "inactive", "worker", "", []
@@ -843,11 +874,13 @@ class Daemon:
 
     def cluster_view(self, with_tokens: bool) -> dict:
         c = copy.deepcopy(self.cluster())
+        c.pop(autolock.FIELD, None)
         if not with_tokens:
             c.pop("JoinTokens", None)
         return c
 
-    async def update_swarm(self, spec: dict, version: int, rotate_worker: bool, rotate_manager: bool) -> None:
+    async def update_swarm(self, spec: dict, version: int, rotate_worker: bool, rotate_manager: bool,
+                           rotate_unlock: bool = False) -> None:
         c = copy.deepcopy(self.cluster())
         if version != c["Version"]["Index"]:
             raise OutOfSequence()
@@ -857,13 +890,15 @@ class Daemon:
             c["JoinTokens"]["Worker"] = join_token(cert)
         if rotate_manager:
             c["JoinTokens"]["Manager"] = join_token(cert)
+        autolock.update_cluster(c, self.ca_key_pem(), rotate=rotate_unlock)
         c["UpdatedAt"] = now()
         await self.objs.update("clusters", c)
 
     def swarm_info(self) -> dict:
         if self.state != "active":
             return {"NodeID": self.node_id, "NodeAddr": self.addr, "LocalNodeState": self.state,
-                    "ControlAvailable": False, "Error": "", "RemoteManagers": None}
+                    "ControlAvailable": False, "Error": autolock.LOCKED if self.state == "locked" else "",
+                    "RemoteManagers": None}
         out: dict = {
             "NodeID": self.node_id, "NodeAddr": self.addr, "LocalNodeState": "active",
             "ControlAvailable": self.role == "manager", "Error": "",

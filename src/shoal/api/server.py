@@ -125,4 +125,8 @@ def make_app(daemon: Daemon) -> web.Application:
 def not_manager(daemon: Daemon) -> Unavailable:
     from shoal.model.errors import NOT_A_MANAGER, WORKER_NOT_MANAGER
 
+    if daemon.state == "locked":
+        from shoal.autolock import LOCKED
+
+        return Unavailable(LOCKED)
     return Unavailable(WORKER_NOT_MANAGER if daemon.state == "active" else NOT_A_MANAGER)

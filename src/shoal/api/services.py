@@ -11,7 +11,7 @@ from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import json_response, read_json, route
 from shoal.model import states
-from shoal.model.errors import BadRequest, InvalidArgument, OutOfSequence
+from shoal.model.errors import BadRequest, FailedPrecondition, InvalidArgument, OutOfSequence
 from shoal.model.ids import new_id, now
 from shoal.model.service import mode_of, validate_spec, with_defaults
 
@@ -118,9 +118,10 @@ async def update_service(daemon: Daemon, request: web.Request, ref: str) -> web.
     version = _version(request)
     body = await read_json(request)
     q = request.rel_url.query
-    if q.get("rollback") == "previous":
+    rollback = q.get("rollback") == "previous"
+    if rollback:
         if not svc.get("PreviousSpec"):
-            raise InvalidArgument(f"service {svc['ID']} does not have a previous spec")
+            raise FailedPrecondition(f"service {svc['ID']} does not have a previous spec")
         body = svc["PreviousSpec"]
     spec = validate_spec(body)
     if spec["Name"] != svc["Spec"]["Name"]:
@@ -136,7 +137,9 @@ async def update_service(daemon: Daemon, request: web.Request, ref: str) -> web.
     new["UpdatedAt"] = now()
     new["Endpoint"] = {**(svc.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
     if (spec.get("TaskTemplate") != svc["Spec"].get("TaskTemplate")):
-        new["UpdateStatus"] = {"State": "updating", "StartedAt": now(), "Message": "update in progress"}
+        state, message = ("rollback_started", "manually requested rollback") if rollback else \
+            ("updating", "update in progress")
+        new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
     await daemon.allocate_endpoint(new, svc)
     await daemon.objs.update("services", new)
     return json_response({"Warnings": None})

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from shoal import autolock
 from shoal.api.server import json_response, read_json, route
 from shoal.model.errors import BadRequest
 
@@ -40,7 +41,23 @@ async def update(daemon: Daemon, request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
     await daemon.update_swarm(body, version, rotate_worker=q.get("rotateWorkerToken") in ("1", "true"),
-                              rotate_manager=q.get("rotateManagerToken") in ("1", "true"))
+                              rotate_manager=q.get("rotateManagerToken") in ("1", "true"),
+                              rotate_unlock=q.get("rotateManagerUnlockKey") in ("1", "true"))
+    return web.Response(status=200)
+
+
+@route("GET", "/swarm/unlockkey")
+async def unlock_key(daemon: Daemon, request: web.Request) -> web.Response:
+    key = autolock.unlock_key(daemon.cluster(), daemon.ca_key_pem())
+    return json_response({"UnlockKey": autolock.human(key) if key else ""})
+
+
+@route("POST", "/swarm/unlock", manager=False)
+async def unlock(daemon: Daemon, request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("json: cannot unmarshal into Go value of type swarm.UnlockRequest")
+    await autolock.unlock(daemon, body.get("UnlockKey") or "")
     return web.Response(status=200)
 
 

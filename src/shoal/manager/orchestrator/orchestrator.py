@@ -29,6 +29,8 @@ from shoal.model.ids import now
 from shoal.model.service import DEFAULT_UPDATE, restart_policy
 from shoal.store.objects import Change, Objects
 
+ACTIVE_UPDATE = ("updating", "rollback_started")  # UpdateStatus states of an update under way
+
 
 def _created(t: dict) -> str:
     return t.get("CreatedAt", "")
@@ -164,13 +166,15 @@ class Orchestrator(Controller):
             # like swarmkit, the update completes once the last new task has run for Monitor
             last = self._last_batch.get(sid)
             monitor = (cfg.get("Monitor") or 0) / 1e9
-            if last is not None and status.get("State") == "updating" and time.monotonic() - last < monitor:
+            if last is not None and status.get("State") in ACTIVE_UPDATE and time.monotonic() - last < monitor:
                 return
             self._last_batch.pop(sid, None)
             if status.get("State") == "updating":
                 self._set_update_status(svc, "completed", "update completed", out)
+            elif status.get("State") == "rollback_started":  # `docker service rollback`
+                self._set_update_status(svc, "rollback_completed", "rollback completed", out)
             return
-        if status.get("State") != "updating" and svc.get("PreviousSpec") is not None:
+        if status.get("State") not in ACTIVE_UPDATE and svc.get("PreviousSpec") is not None:
             self._set_update_status(svc, "updating", "update in progress", out)
         parallelism = cfg.get("Parallelism") or len(dirty)
         delay = (cfg.get("Delay") or 0) / 1e9
@@ -196,7 +200,7 @@ class Orchestrator(Controller):
         s = dict(svc)
         st = {"State": state, "Message": message}
         st["StartedAt"] = now() if state == "updating" else (svc.get("UpdateStatus") or {}).get("StartedAt", now())
-        if state == "completed":
+        if state in ("completed", "rollback_completed"):
             st["CompletedAt"] = now()
         s["UpdateStatus"] = st
         out.append(Change("services", s))
