@@ -187,3 +187,15 @@ async def test_refs_users_and_payloads():
         assert payload(objs, sealer, "secrets", "gone") is None
     finally:
         await objs.stop()
+
+
+def test_empty_bodies_read_as_empty_specs():
+    with pytest.raises(APIError) as e:
+        validate_spec("secrets", None)
+    assert message(e) == (400, "rpc error: code = InvalidArgument desc = name must be provided")
+    with pytest.raises(APIError) as e:
+        check_update("configs", {"Spec": {"Name": "c"}}, None, b"x")
+    assert message(e) == (400, "rpc error: code = InvalidArgument desc = only updates to Labels are allowed")
+    with pytest.raises(APIError) as e:
+        validate_spec("configs", [1])
+    assert message(e) == (400, "invalid JSON: json: cannot unmarshal array into Go value of type swarm.ConfigSpec")

@@ -101,6 +101,7 @@ def validate_name(name: Any) -> str:
 def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
     """A SecretSpec or ConfigSpec from a create request: (spec without ``Data``, the decoded data)."""
     struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
+    body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
     if not isinstance(body, dict):
         raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(body)} into Go value of type "
                          f"swarm.{struct}")
@@ -127,6 +128,7 @@ def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
 def check_update(kind: Kind, current: dict, body: Any, current_data: bytes) -> dict[str, str]:
     """An update request may only change Labels; returns the new labels."""
     struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
+    body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
     if not isinstance(body, dict):
         raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(body)} into Go value of type "
                          f"swarm.{struct}")
