@@ -106,7 +106,37 @@ def validate_spec(spec: Any) -> dict:
         if cfg.get("Order") not in (None, "", "stop-first", "start-first"):
             raise InvalidArgument(f"UpdateConfig: unrecognized order {cfg['Order']!r}")
     _validate_endpoint(spec.get("EndpointSpec"))
+    docker_form(spec)
     return spec
+
+
+def docker_form(spec: dict) -> None:
+    """What Docker's daemon stores for a spec (its conversion to swarmkit's types and back): enum fields
+    left empty take their zero value, zero durations are dropped, the runtime is made explicit."""
+    tt = spec.get("TaskTemplate") or {}
+    if tt.get("ContainerSpec") is not None:
+        tt.setdefault("Runtime", "container")
+        tt["ContainerSpec"]["Isolation"] = tt["ContainerSpec"].get("Isolation") or "default"
+    rp = tt.get("RestartPolicy")
+    if isinstance(rp, dict):
+        rp["Condition"] = rp.get("Condition") or "any"
+        rp["MaxAttempts"] = rp.get("MaxAttempts") or 0
+    for key in ("UpdateConfig", "RollbackConfig"):
+        cfg = spec.get(key)
+        if isinstance(cfg, dict):
+            cfg["Parallelism"] = cfg.get("Parallelism") or 0
+            cfg["FailureAction"] = cfg.get("FailureAction") or "pause"
+            cfg["Order"] = cfg.get("Order") or "stop-first"
+            cfg["MaxFailureRatio"] = cfg.get("MaxFailureRatio") or 0
+            for dur in ("Delay", "Monitor"):
+                if not cfg.get(dur):
+                    cfg.pop(dur, None)
+    ep = spec.get("EndpointSpec")
+    if isinstance(ep, dict):
+        ep["Mode"] = ep.get("Mode") or "vip"
+        for p in ep.get("Ports") or []:
+            p["Protocol"] = p.get("Protocol") or "tcp"
+            p["PublishMode"] = p.get("PublishMode") or "ingress"
 
 
 def _validate_task_template(tt: dict) -> None:
