@@ -1,11 +1,19 @@
-"""Secrets across lab hosts: only the node that runs a task gets its secret, in a tmpfs of that host,
-never on any host's disk and never in the store in the clear."""
+"""Secrets and configs in the lab.
+
+- shoal's swarm (manager, worker1, worker2): only the node that runs a task gets its secret, in a tmpfs
+  of that host, never on any host's disk and never in the store in the clear.
+- Differential: the same docker CLI commands and raw API calls against Docker's own swarm mode (worker3's
+  dockerd) and against shoald give the same output, messages and status codes.
+"""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
+import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +32,17 @@ LOOP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
 @pytest.fixture(scope="module")
 def lab(docker_engine) -> Iterator[Lab]:
-    with module_lab(workers=2, swarm=True) as the_lab:
+    """shoal's swarm on manager, worker1, worker2; Docker's own swarm on worker3's dockerd."""
+    with module_lab(workers=3, swarm=False) as the_lab:
+        first = the_lab.host("manager")
+        the_lab.docker("manager", "swarm", "init", "--advertise-addr", first.ip)
+        token = the_lab.docker("manager", "swarm", "join-token", "-q", "worker").stdout.strip()
+        for w in ("worker1", "worker2"):
+            the_lab.docker(w, "swarm", "join", "--token", token, "--advertise-addr", the_lab.host(w).ip,
+                           f"{first.ip}:2377")
+        the_lab.engine_docker("worker3", "swarm", "init", "--advertise-addr", the_lab.host("worker3").ip)
+        wait_for(lambda: the_lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split()
+                 == ["Ready"] * 3, 30, "3 ready nodes")
         yield the_lab
 
 
@@ -73,3 +91,148 @@ def test_secret_reaches_only_the_node_of_its_task(lab: Lab, tmp_path: Path) -> N
     wait_for(lambda: lab.exec("worker1", "sh", "-c", f"grep -rlF {marker} {files} 2>/dev/null; true",
                               check=True).stdout.strip() == "", 10, "the secret's file removed on worker1")
     lab.docker("manager", "secret", "rm", "lab_secret")
+
+
+# -- differential: Docker's swarm mode (worker3's dockerd, Docker 20.10) vs shoald (manager) --------------
+
+ID_RE = re.compile(r"\b[a-z0-9]{25}\b")
+AGO_RE = re.compile(r"(Less than a second|About a minute|About an hour|\d+ (seconds|minutes|hours)) ago")
+TIME_RE = re.compile(r"\d{4}-\d\d-\d\d[ T][0-9:.]+( \+0000 utc|Z)?")
+
+
+def norm(text: str) -> str:
+    text = TIME_RE.sub("<TIME>", AGO_RE.sub("<AGO>", ID_RE.sub("<ID>", text)))
+    return "\n".join(" ".join(line.split()) for line in text.strip().splitlines())
+
+
+def both(lab: Lab, *args: str) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr), normalised, of the CLI against Docker's swarm, then against shoald."""
+    return [(cp.returncode, norm(cp.stdout), norm(cp.stderr))
+            for cp in (lab.engine_docker("worker3", *args, check=False), lab.docker("manager", *args, check=False))]
+
+
+def same(lab: Lab, *args: str) -> tuple[int, str, str]:
+    docker, shoal = both(lab, *args)
+    assert shoal == docker, args
+    return shoal
+
+
+def inspected(lab: Lab, host: str, *args: str) -> list:
+    run = lab.engine_docker if host == "worker3" else lab.docker
+    out = json.loads(run(host, *args).stdout)
+    for o in out:
+        o["ID"], o["Version"], o["CreatedAt"], o["UpdatedAt"] = "<ID>", "<V>", "<T>", "<T>"
+    return out
+
+
+def as_docker_28(status: int, message: object) -> tuple[int, object]:
+    """The lab's dockerd is Docker 20.10; shoal answers as Docker 28 does. Since moby 23 a request body that
+    does not decode is reported as ``invalid JSON: <decoder error>``, and filter errors are lower-case
+    (moby v28 api/types/filters/errors.go); the statuses are the same."""
+    if isinstance(message, str) and message.startswith(("illegal base64", "json: cannot unmarshal")):
+        message = f"invalid JSON: {message}"
+    if isinstance(message, str) and message.startswith("Invalid filter"):
+        message = "i" + message[1:]
+    return status, message
+
+
+def api(sock: Path, method: str, path: str, body: object = None) -> tuple[int, object]:
+    conn = UnixHTTPConnection(str(sock))
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.unix_path)
+
+
+def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("hunter2")
+    (tmp_path / "conf").write_text("a = 1\n")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "big_secret").write_bytes(b"x" * (500 * 1024))
+    (tmp_path / "big_config").write_bytes(b"x" * (1000 * 1024))
+    pw, conf = str(tmp_path / "pw"), str(tmp_path / "conf")
+
+    assert same(lab, "secret", "create", "--label", "team=a", "db_pw", pw)[0] == 0
+    assert same(lab, "config", "create", "app_conf", conf)[0] == 0
+    for cmd in (("secret", "create", "db_pw", pw), ("config", "create", "app_conf", conf),
+                ("secret", "create", "too_big", str(tmp_path / "big_secret")),
+                ("config", "create", "too_big", str(tmp_path / "big_config")),
+                ("secret", "create", "empty", str(tmp_path / "empty")),
+                ("secret", "create", "bad name", pw), ("config", "create", "x" * 65, conf),
+                ("secret", "inspect", "nope"), ("config", "inspect", "nope"), ("secret", "rm", "nope"),
+                ("service", "create", "--name", "ghostly", "--secret", "ghost", BOX)):
+        assert same(lab, *cmd)[0] != 0, cmd
+    for cmd in (("secret", "ls"), ("config", "ls"), ("secret", "ls", "--filter", "label=team=a"),
+                ("secret", "ls", "--filter", "name=db"), ("config", "inspect", "--pretty", "app_conf"),
+                ("secret", "inspect", "--pretty", "db_pw")):
+        assert same(lab, *cmd)[0] == 0, cmd
+    for what in (("secret", "inspect", "db_pw"), ("config", "inspect", "app_conf")):
+        assert inspected(lab, "manager", *what) == inspected(lab, "worker3", *what), what
+
+    # a service using both: the task's files look the same, and rm of what it uses is refused alike
+    same(lab, "service", "create", "-d", "--name", "user", "--secret", "db_pw",
+         "--secret", "source=db_pw,target=/etc/pw,mode=0400,uid=5,gid=6",
+         "--config", "source=app_conf,target=/etc/app.conf,mode=0440", BOX, *LOOP)
+    script = ("for f in /run/secrets/db_pw /etc/pw /etc/app.conf; do cat $f; echo; stat -c '%a %u %g' $f; "
+              "grep \" $f \" /proc/mounts | cut -d' ' -f3,4 | cut -d, -f1; done")
+    facts = []
+    for host, engines in (("worker3", ("worker3",)), ("manager", ("manager", "worker1", "worker2"))):
+        cid, eng = wait_for(lambda engines=engines: next(
+            ((c, e) for e in engines for c in containers(lab, e, "user")), None), 40, f"the task ({host})")
+        facts.append(wait_for(lambda cid=cid, eng=eng: lab.engine_docker(eng, "exec", cid, "sh", "-c", script,
+                                                                          check=False).stdout, 20, "file facts"))
+    assert facts[1] == facts[0]
+    assert "hunter2\n400 5 6\ntmpfs ro\n" in facts[1]  # as in Docker: one file per secret, last mode wins
+    assert same(lab, "secret", "rm", "db_pw")[0] != 0
+    assert same(lab, "config", "rm", "app_conf")[0] != 0
+
+    # the raw API: statuses and messages
+    docker_sock, shoal_sock = lab.host("worker3").docker_sock, lab.host("manager").shoal_sock
+    sid = {s: api(sock, "GET", "/v1.41/secrets/db_pw")[1]["ID"] for s, sock in (("d", docker_sock), ("s", shoal_sock))}
+    calls = [
+        ("POST", "/v1.41/secrets/create", {"Name": "b64", "Data": "not base64!"}),
+        ("POST", "/v1.41/secrets/create", {"Name": "b64", "Data": "YWJj="}),
+        ("POST", "/v1.41/configs/create", {"Name": "-x", "Data": "eA=="}),
+        ("POST", "/v1.41/secrets/create", {"Data": "eA=="}),
+        ("POST", "/v1.41/services/create", {"Name": "ghostly", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Secrets": [{"SecretID": "0" * 25, "SecretName": "ghost", "File": {
+                "Name": "ghost", "UID": "0", "GID": "0", "Mode": 292}}]}}}),
+        ("POST", "/v1.41/services/create", {"Name": "ghostly", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Configs": [{"ConfigID": "0" * 25, "ConfigName": "phantom", "File": {
+                "Name": "/p", "UID": "0", "GID": "0", "Mode": 292}}]}}}),
+        ("POST", "/v1.41/services/create", {"Name": "clash", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Secrets": [{"SecretID": "{d}", "SecretName": "db_pw", "File": {"Name": "t"}},
+                                      {"SecretID": "{d}", "SecretName": "db_pw", "File": {"Name": "t"}}]}}}),
+        ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "db_pw", "Data": "b3RoZXI="}),
+        ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "renamed"}),
+        ("DELETE", "/v1.41/secrets/db_pw", None),
+        ("GET", "/v1.41/secrets?filters=" + "%7B%22bogus%22%3A%5B%22x%22%5D%7D", None),
+    ]
+    for method, path, body in calls:
+        answers = []
+        for key, sock in (("d", docker_sock), ("s", shoal_sock)):
+            text = json.dumps(body).replace("{d}", sid[key]) if body is not None else None
+            status, reply = api(sock, method, path, None if text is None else json.loads(text))
+            answers.append((status, norm(reply["message"]) if isinstance(reply, dict) else reply))
+        assert answers[1] == as_docker_28(*answers[0]), (method, path, body)
+
+    same(lab, "service", "rm", "user")
+    for e in HOSTS + ("worker3",):
+        wait_for(lambda e=e: containers(lab, e, "user") == [], 30, f"the task's container gone ({e})")
+    assert same(lab, "secret", "rm", "db_pw")[0] == 0
+    assert same(lab, "config", "rm", "app_conf")[0] == 0
+    assert same(lab, "secret", "ls")[0] == 0

@@ -127,10 +127,11 @@ def test_task_reads_its_secret_and_config_from_tmpfs(shoald, docker_engine, tmp_
     (tmp_path / "s").write_text(marker)
     (tmp_path / "c").write_text("mode=fast\n")
     shoald.docker("secret", "create", "api_key", str(tmp_path / "s"))
+    shoald.docker("secret", "create", "api_key2", str(tmp_path / "s"))
     shoald.docker("config", "create", "app_cfg", str(tmp_path / "c"))
     shoald.docker("service", "create", "-d", "--name", "reader",
                   "--secret", "api_key",
-                  "--secret", "source=api_key,target=/etc/key,mode=0400,uid=100,gid=101",
+                  "--secret", "source=api_key2,target=/etc/key,mode=0400,uid=100,gid=101",
                   "--config", "source=app_cfg,target=/etc/app/app.cfg,mode=0440,uid=7",
                   IMAGE, *LOOP)
     c = one_container(docker_engine, "reader")
@@ -165,7 +166,7 @@ def test_task_reads_its_secret_and_config_from_tmpfs(shoald, docker_engine, tmp_
     shoald.docker("service", "rm", "reader")
     wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30, what="container removed")
     wait_for(lambda: not (files / task_id).exists(), 10, what="the task's files removed")
-    shoald.docker("secret", "rm", "api_key")
+    shoald.docker("secret", "rm", "api_key", "api_key2")
     shoald.docker("config", "rm", "app_cfg")
 
 

@@ -3,7 +3,7 @@
 The dispatcher sends the node the secrets and configs of its assigned tasks with the assignments; the
 session keeps them in memory (``session.deps``). When a task is prepared, each reference becomes a file
 in a tmpfs that shoald mounts at ``<data-dir>/task-files`` (mode 0700, so only root reaches it) — never
-on the node's disk — at ``<task id>/<kind>-<n>-<object id>`` with the reference's uid, gid and mode,
+on the node's disk — at ``<task id>/<kind>-<object id>`` with the reference's uid, gid and mode,
 and the container gets it bind-mounted read-only at its target (``/run/secrets/<name>`` or ``/<name>``
 by default). Inside the container the file shows up on a tmpfs. A task's files are removed with its
 container; the tmpfs is unmounted when the node leaves the swarm or shoald stops.
@@ -80,7 +80,7 @@ class TaskFiles:
         tdir = self.root / task["ID"]
         tdir.mkdir(mode=0o700, exist_ok=True)
         mounts = []
-        for n, (kind, ref) in enumerate(refs):
+        for kind, ref in refs:
             one = SINGULAR[kind]
             oid = ref.get(f"{one.title()}ID") or ""
             item = (deps.get(kind) or {}).get(oid)
@@ -91,7 +91,9 @@ class TaskFiles:
                 uid, gid, mode = file_owner(target)
             except ValueError as e:
                 raise FilesError(str(e)) from None
-            path = tdir / f"{kind}-{n}-{oid}"
+            # one file per object, as Docker keeps them: two references to one secret share its file
+            # (and the last reference's owner and mode)
+            path = tdir / f"{kind}-{oid}"
             data = base64.b64decode(item["Data"])
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
