@@ -413,7 +413,10 @@ class Daemon:
         # the store may still be catching up after an election: read it fresh
         await self.objs._load()
         self.dispatcher = Dispatcher(self.objs)
-        self.dispatcher.sealer = cached_sealer(self.ca_key_pem())
+        try:  # without the CA key no secret can be opened (tasks needing one are then refused), the rest runs
+            self.dispatcher.sealer = cached_sealer(self.ca_key_pem())
+        except (OSError, ValueError) as e:
+            log.error("cannot derive the secrets data key from the cluster CA key: %s", e)
         self.netalloc = NetworkAllocator(self.objs)
         self.netalloc.load()
         for name, coro in (("dispatcher", self.dispatcher.run()),
