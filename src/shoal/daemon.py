@@ -387,9 +387,10 @@ class Daemon:
                 await asyncio.sleep(0.5)
                 continue
             log.info("this node is the leader")
-            self.is_leader, self.leader_addr = True, self.my_cluster_addr
+            self.leader_addr = self.my_cluster_addr
             try:
                 await self._lead()
+                self.is_leader = True  # only now: writes need the leader's allocators (until then they wait)
                 while not self._demoted():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(election.lost.wait(), 0.5)

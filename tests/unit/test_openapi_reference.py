@@ -29,6 +29,7 @@ EXTRA_STATUS = {  # status codes Docker's daemon gives that the swagger does not
     "DELETE /nodes/{id}": {"400"},
     "GET /nodes": {"400"}, "GET /services": {"400"}, "GET /tasks": {"400"}, "GET /networks": {"400"},
     "DELETE /networks/{id}": {"400", "409"},
+    "GET /networks/{id}": {"400"},
     "POST /networks/create": {"409", "503"},
     "POST /swarm/unlock": {"400", "401", "409"},
     "GET /distribution/{name}/json": {"400", "403", "404"},

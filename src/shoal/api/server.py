@@ -117,7 +117,7 @@ def make_app(daemon: Daemon) -> web.Application:
         from shoal.api.openapi import recorder
 
         app.middlewares.append(recorder(os.environ["SHOAL_API_RECORD"]))
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines included
     app["dispatch"] = dispatch
     return app
 
