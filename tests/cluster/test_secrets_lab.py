@@ -164,10 +164,14 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("")
     (tmp_path / "big_secret").write_bytes(b"x" * (500 * 1024))
     (tmp_path / "big_config").write_bytes(b"x" * (1000 * 1024))
+    (tmp_path / "tmpl").write_text('svc={{.Service.Name}} slot={{.Task.Slot}} os={{.Node.Platform.OS}} '
+                                   'arch={{.Node.Platform.Architecture}} env={{env "GREETING"}} '
+                                   'label={{index .Service.Labels "tier"}} pw={{secret "db_pw"}}\n')
     pw, conf = str(tmp_path / "pw"), str(tmp_path / "conf")
 
     assert same(lab, "secret", "create", "--label", "team=a", "db_pw", pw)[0] == 0
     assert same(lab, "config", "create", "app_conf", conf)[0] == 0
+    assert same(lab, "config", "create", "--template-driver", "golang", "tmpl_conf", str(tmp_path / "tmpl"))[0] == 0
     for cmd in (("secret", "create", "db_pw", pw), ("config", "create", "app_conf", conf),
                 ("secret", "create", "too_big", str(tmp_path / "big_secret")),
                 ("config", "create", "too_big", str(tmp_path / "big_config")),
@@ -180,14 +184,15 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
                 ("secret", "ls", "--filter", "name=db"), ("config", "inspect", "--pretty", "app_conf"),
                 ("secret", "inspect", "--pretty", "db_pw")):
         assert same(lab, *cmd)[0] == 0, cmd
-    for what in (("secret", "inspect", "db_pw"), ("config", "inspect", "app_conf")):
+    for what in (("secret", "inspect", "db_pw"), ("config", "inspect", "app_conf"), ("config", "inspect", "tmpl_conf")):
         assert inspected(lab, "manager", *what) == inspected(lab, "worker3", *what), what
 
     # a service using both: the task's files look the same, and rm of what it uses is refused alike
     same(lab, "service", "create", "-d", "--name", "user", "--secret", "db_pw",
          "--secret", "source=db_pw,target=/etc/pw,mode=0400,uid=5,gid=6",
-         "--config", "source=app_conf,target=/etc/app.conf,mode=0440", BOX, *LOOP)
-    script = ("for f in /run/secrets/db_pw /etc/pw /etc/app.conf; do cat $f; echo; stat -c '%a %u %g' $f; "
+         "--config", "source=app_conf,target=/etc/app.conf,mode=0440", "--config", "source=tmpl_conf,target=/etc/t",
+         "--env", "GREETING=hi", "--label", "tier=front", BOX, *LOOP)
+    script = ("for f in /run/secrets/db_pw /etc/pw /etc/app.conf /etc/t; do cat $f; echo; stat -c '%a %u %g' $f; "
               "grep \" $f \" /proc/mounts | cut -d' ' -f3,4 | cut -d, -f1; done")
     facts = []
     for host, engines in (("worker3", ("worker3",)), ("manager", ("manager", "worker1", "worker2"))):
@@ -197,6 +202,7 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
                                                                           check=False).stdout, 20, "file facts"))
     assert facts[1] == facts[0]
     assert "hunter2\n400 5 6\ntmpfs ro\n" in facts[1]  # as in Docker: one file per secret, last mode wins
+    assert "svc=user slot=1 os= arch= env=hi label=front pw=hunter2\n" in facts[1]  # templated (no node info)
     assert same(lab, "secret", "rm", "db_pw")[0] != 0
     assert same(lab, "config", "rm", "app_conf")[0] != 0
 
@@ -234,5 +240,5 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
     for e in HOSTS + ("worker3",):
         wait_for(lambda e=e: containers(lab, e, "user") == [], 30, f"the task's container gone ({e})")
     assert same(lab, "secret", "rm", "db_pw")[0] == 0
-    assert same(lab, "config", "rm", "app_conf")[0] == 0
+    assert same(lab, "config", "rm", "app_conf", "tmpl_conf")[0] == 0
     assert same(lab, "secret", "ls")[0] == 0

@@ -265,3 +265,18 @@ def test_update_changes_labels_only(shoald):
     assert (status, body["message"]) == (400, "rpc error: code = Unknown desc = update out of sequence")
     status, _, _ = shoald.request("DELETE", f"/secrets/{sid}")
     assert status == 204
+
+
+def test_templated_config(shoald, docker_engine, tmp_path):
+    (tmp_path / "t").write_text('{{.Service.Name}} slot={{.Task.Slot}} x={{env "X"}} {{.Task.Name}}')
+    shoald.docker("config", "create", "--template-driver", "golang", "tmpl", str(tmp_path / "t"))
+    [info] = json.loads(shoald.docker("config", "inspect", "tmpl").stdout)
+    assert info["Spec"]["Templating"] == {"Name": "golang"}
+    shoald.docker("service", "create", "-d", "--name", "tmpl", "--env", "X=y", "--config", "source=tmpl,target=/t",
+                  IMAGE, *LOOP)
+    c = one_container(docker_engine, "tmpl")
+    task_id = c.labels["com.docker.swarm.task.id"]
+    assert sh(c, "cat /t") == f"tmpl slot=1 x=y tmpl.1.{task_id}"
+    shoald.docker("service", "rm", "tmpl")
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30, what="container removed")
+    shoald.docker("config", "rm", "tmpl")

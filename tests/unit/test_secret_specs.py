@@ -199,3 +199,33 @@ def test_empty_bodies_read_as_empty_specs():
     with pytest.raises(APIError) as e:
         validate_spec("configs", [1])
     assert message(e) == (400, "invalid JSON: json: cannot unmarshal array into Go value of type swarm.ConfigSpec")
+
+
+# -- templates (--template-driver golang) -------------------------------------------------------------------
+
+def template_ctx() -> dict:
+    from shoal.agent.template import context
+
+    task = {"ID": "t1", "ServiceID": "s1", "NodeID": "n1", "Slot": 3,
+            "ServiceAnnotations": {"Name": "web", "Labels": {"tier": "front", "a": "b"}}}
+    return context(task, {"Hostname": "host1", "Platform": {"Architecture": "x86_64", "OS": "linux"}}, "web.3.t1")
+
+
+def test_template_fields_and_functions():
+    from shoal.agent.template import expand
+
+    getters = {"env": {"FOO": "bar"}.get, "secret": lambda t: f"<secret {t}>", "config": lambda t: f"<config {t}>"}
+    text = ('{{.Service.Name}}/{{ .Service.ID }} {{.Task.Name}} slot={{.Task.Slot}} {{.Node.Hostname}} '
+            '{{.Node.Platform.OS}}-{{.Node.Platform.Architecture}} {{index .Service.Labels "tier"}} '
+            '{{env "FOO"}} {{secret "pw"}} {{config "/c"}} {{.Service.Labels}}{{/* a comment */}}')
+    assert expand(text, template_ctx(), getters) == (
+        "web/s1 web.3.t1 slot=3 host1 linux-x86_64 front bar <secret pw> <config /c> map[a:b tier:front]")
+    assert expand("a  {{- .Task.ID -}}  \n b", template_ctx(), getters) == "at1b"
+
+
+@pytest.mark.parametrize("text", ["{{.Nope}}", "{{.Service.Nope}}", "{{ printf \"%d\" 1 }}", "{{ if .Task }}x{{end}}"])
+def test_unsupported_templates_are_refused(text):
+    from shoal.agent.template import TemplateError, expand
+
+    with pytest.raises(TemplateError):
+        expand(text, template_ctx(), {})

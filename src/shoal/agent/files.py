@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.executor.docker import task_name
+from shoal.agent.template import TemplateError, context, expand
 from shoal.model.secrets import SINGULAR, file_owner, references, target_path
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class TaskFiles:
             # (and the last reference's owner and mode)
             path = tdir / f"{kind}-{oid}"
             data = base64.b64decode(item["Data"])
+            if item.get("Templating"):
+                data = self._expand(task, deps, item, data)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, data)
@@ -105,6 +109,36 @@ class TaskFiles:
             mounts.append({"Type": "bind", "Source": str(path), "ReadOnly": True,
                            "Target": target_path(kind, target.get("Name") or item["Name"])})  # type: ignore[arg-type]
         return mounts
+
+    def _expand(self, task: dict, deps: dict, item: dict, data: bytes) -> bytes:
+        """A templated secret or config, expanded for this task (see :mod:`shoal.agent.template`)."""
+        driver = (item.get("Templating") or {}).get("Name") or ""
+        if driver != "golang":
+            raise FilesError(f"unsupported template driver {driver!r}")
+        env = dict(e.split("=", 1) for e in ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Env") or []
+                   if "=" in e)
+
+        def by_target(kind: str) -> Any:
+            def get(target: str) -> str:
+                one = SINGULAR[kind]
+                for ref in references(task.get("Spec") or {}, kind):  # type: ignore[arg-type]
+                    if (ref.get("File") or {}).get("Name") == target:
+                        found = (deps.get(kind) or {}).get(ref.get(f"{one.title()}ID"))
+                        if found is None:
+                            raise TemplateError(f"{one} {ref.get(f'{one.title()}ID')} not found")
+                        return base64.b64decode(found["Data"]).decode(errors="replace")
+                raise TemplateError(f"{one} target {target} not found")
+            return get
+
+        try:
+            # Docker's executor gives templates no node description: .Node.Hostname and .Node.Platform are
+            # empty there, and so here
+            text = expand(data.decode(errors="replace"), context(task, {}, task_name(task)),
+                          {"env": lambda v: env.get(v, ""), "secret": by_target("secrets"),
+                           "config": by_target("configs")})
+        except TemplateError as e:
+            raise FilesError(f"failed to expand {item['Name']}: {e}") from None
+        return text.encode()
 
     def release(self, task_id: str) -> None:
         """Remove a task's files (its container is gone)."""

@@ -111,7 +111,10 @@ def payload(objs: Objects, sealer: Sealer | None, kind: str, oid: str) -> dict |
         data = reveal(sealer, kind, obj)
     except SealError:
         return None
-    return {"ID": oid, "Name": obj["Spec"]["Name"], "Data": base64.b64encode(data).decode()}
+    out = {"ID": oid, "Name": obj["Spec"]["Name"], "Data": base64.b64encode(data).decode()}
+    if obj["Spec"].get("Templating"):
+        out["Templating"] = obj["Spec"]["Templating"]
+    return out
 
 
 @functools.lru_cache(maxsize=4)
