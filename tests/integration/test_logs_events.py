@@ -114,7 +114,7 @@ def _events(shoald, *args: str) -> list[dict]:
     return [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
 
 
-def test_events_swarm_objects_with_filters(shoald):
+def test_events_swarm_objects_with_filters(shoald, tmp_path):
     since = f"{time.time() - 0.5:.9f}"
     shoald.docker("service", "create", "-d", "--name", "evsvc", "--replicas", "1", "shoal/demo-busybox:latest",
                   "sleep", "1000000")
@@ -149,6 +149,21 @@ def test_events_swarm_objects_with_filters(shoald):
     assert {"create", "start"} <= {e["Action"] for e in evs} and all(e["scope"] == "local" for e in evs)
     evs = _events(shoald, "--since", since, "--until", until, "--filter", "scope=swarm")
     assert evs and all(e["scope"] == "swarm" for e in evs)
+    # nodes and secrets: moby's attributes
+    me = shoald.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    shoald.docker("node", "update", "--availability", "pause", me)
+    shoald.docker("node", "update", "--availability", "active", me)
+    (tmp_path / "s").write_text("x")
+    shoald.docker("secret", "create", "evsecret", str(tmp_path / "s"))
+    until2 = f"{time.time() + 0.3:.9f}"
+    time.sleep(0.4)
+    evs = _events(shoald, "--since", until, "--until", until2, "--filter", "scope=swarm")
+    nodes = [e for e in evs if e["Type"] == "node" and "availability.new" in e["Actor"]["Attributes"]]
+    assert [(e["Actor"]["Attributes"]["availability.old"], e["Actor"]["Attributes"]["availability.new"])
+            for e in nodes] == [("active", "pause"), ("pause", "active")]
+    assert [(e["Type"], e["Action"], e["Actor"]["Attributes"]["name"]) for e in evs if e["Type"] == "secret"] == [
+        ("secret", "create", "evsecret")]
+    shoald.docker("secret", "rm", "evsecret")
     # v20's CLI reads the same stream
     cp = shoald.docker("events", "--since", since, "--until", until, "--filter", "type=service",
                        "--filter", "event=remove", cli=DOCKER_V20)

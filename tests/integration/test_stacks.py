@@ -367,3 +367,34 @@ def test_bad_input(shoald, tmp_path):
     assert not _services(shoald, "dupq")
     for stack in ("dupp", "dupq", "badc"):
         shoald.docker("stack", "rm", stack)
+
+
+WITH_SECRETS = """
+version: "3.8"
+services:
+  app:
+    image: shoal/demo-busybox:latest
+    command: [sh, -c, "cat /run/secrets/pw /cfg; sleep 100000"]
+    secrets: [pw]
+    configs: [{source: cfg, target: /cfg}]
+secrets:
+  pw: {file: ./pw.txt}
+configs:
+  cfg: {file: ./cfg.txt}
+"""
+
+
+def test_stack_with_secret_and_config(shoald, tmp_path):
+    (tmp_path / "pw.txt").write_text("hunter2\n")
+    (tmp_path / "cfg.txt").write_text("conf=1\n")
+    cp = _deploy(shoald, tmp_path, "sec", WITH_SECRETS)
+    assert "Creating secret sec_pw" in cp.stdout and "Creating config sec_cfg" in cp.stdout
+    secret = json.loads(shoald.docker("secret", "inspect", "sec_pw").stdout)[0]
+    assert secret["Spec"]["Labels"] == {"com.docker.stack.namespace": "sec"}
+    wait_for(lambda: shoald.docker("service", "logs", "sec_app").stdout.count("|") == 2, 30, what="files read")
+    out = shoald.docker("service", "logs", "--raw", "sec_app").stdout
+    assert out.splitlines() == ["hunter2", "conf=1"]
+    cp = shoald.docker("stack", "rm", "sec")
+    assert "Removing secret sec_pw" in cp.stdout and "Removing config sec_cfg" in cp.stdout
+    assert "sec_pw" not in shoald.docker("secret", "ls").stdout
+    assert "sec_cfg" not in shoald.docker("config", "ls").stdout
