@@ -220,24 +220,28 @@ class KeyLock:
         self.wipe()
 
 
-async def follow(daemon: Daemon) -> None:
-    """A manager's keys follow the cluster's autolock setting and unlock key (every manager runs this)."""
+def apply(daemon: Daemon) -> None:
+    """Make this manager's keys match the cluster's autolock setting and unlock key."""
     lock = daemon.keylock
+    if daemon.objs is None or daemon.state != "active" or daemon.role != "manager":
+        return
+    key = unlock_key(daemon.cluster(), daemon.ca_key_pem())
+    if key is None and lock.enabled:
+        log.info("autolock is off: the manager keys are plain files again")
+        lock.disable()
+    elif key is not None and not lock.enabled:
+        log.info("autolock is on: the manager keys are kept in memory and sealed on disk")
+        lock.enable(key)
+    elif key is not None and lock.key != key:
+        log.info("the unlock key changed: resealing the manager keys")
+        lock.seal(key)
+
+
+async def follow(daemon: Daemon) -> None:
+    """Every manager follows the cluster object (another manager may have changed it)."""
     while True:
         try:
-            if daemon.objs is not None and daemon.state == "active":
-                key = unlock_key(daemon.cluster(), daemon.ca_key_pem())
-                if key is None and lock.enabled:
-                    log.info("autolock is off: the manager keys are plain files again")
-                    lock.disable()
-                elif key is not None and not lock.enabled:
-                    log.info("autolock is on: the manager keys are kept in memory and sealed on disk")
-                    lock.enable(key)
-                elif key is not None and lock.key != key:
-                    log.info("the unlock key changed: resealing the manager keys")
-                    lock.seal(key)
-        except asyncio.CancelledError:
-            raise
+            apply(daemon)
         except Exception as e:  # the store may be briefly unavailable; try again
             log.debug("autolock: %s", e)
         await asyncio.sleep(0.5)

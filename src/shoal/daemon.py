@@ -643,6 +643,7 @@ class Daemon:
             self._save_state()
             await self._start_roles()
             self.state = "active"
+            autolock.apply(self)
             return self.node_id
 
     async def _force_new_cluster(self) -> str:
@@ -897,6 +898,7 @@ class Daemon:
         autolock.update_cluster(c, self.ca_key_pem(), rotate=rotate_unlock)
         c["UpdatedAt"] = now()
         await self.objs.update("clusters", c)
+        autolock.apply(self)  # this manager at once; the others follow the cluster object
 
     def swarm_info(self) -> dict:
         if self.state != "active":
