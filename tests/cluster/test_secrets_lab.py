@@ -225,6 +225,11 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
                                       {"SecretID": "{d}", "SecretName": "db_pw", "File": {"Name": "t"}}]}}}),
         ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "db_pw", "Data": "b3RoZXI="}),
         ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "renamed"}),
+        ("POST", "/v1.41/secrets/db_pw/update?version=abc", {"Name": "db_pw"}),
+        ("POST", "/v1.41/configs/nope/update?version=1", {"Name": "nope"}),
+        ("POST", "/v1.41/secrets/nope/update?version=x", {"Name": "nope", "Data": "!"}),
+        ("GET", "/v1.41/secrets/nope", None),
+        ("DELETE", "/v1.41/configs/nope", None),
         ("DELETE", "/v1.41/secrets/db_pw", None),
         ("GET", "/v1.41/secrets?filters=" + "%7B%22bogus%22%3A%5B%22x%22%5D%7D", None),
     ]

@@ -11,7 +11,15 @@ from shoal.manager.ca import make_root_ca
 from shoal.manager.secrets import Sealer, SealError, check_refs, data_key, needed, payload, reveal, users_of
 from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
-from shoal.model.secrets import check_update, decode_base64, file_owner, target_path, validate_refs, validate_spec
+from shoal.model.secrets import (
+    check_update,
+    decode_base64,
+    file_owner,
+    read_update,
+    target_path,
+    validate_refs,
+    validate_spec,
+)
 from shoal.store.memory import MemoryStore
 from shoal.store.objects import Objects
 
@@ -88,11 +96,15 @@ def test_data_of_the_wrong_type():
 
 def test_only_labels_may_change():
     current = {"Spec": {"Name": "s", "Labels": {}}}
-    assert check_update("secrets", current, {"Name": "s", "Labels": {"k": "v"}}, b"old") == {"k": "v"}
-    assert check_update("secrets", current, {"Name": "s", "Data": b64(b"old")}, b"old") == {}
+    def check(body: dict) -> dict:
+        return check_update(current, read_update("secrets", body), b"old")
+
+    assert check({"Name": "s", "Labels": {"k": "v"}}) == {"k": "v"}
+    assert check({"Name": "s", "Data": b64(b"old")}) == {}
+    assert check({"Name": "s", "Data": ""}) == {}  # empty data is "not given" once it crossed gRPC
     for body in ({"Name": "t"}, {"Name": "s", "Data": b64(b"new")}):
         with pytest.raises(APIError) as e:
-            check_update("secrets", current, body, b"old")
+            check(body)
         assert message(e) == (400, "rpc error: code = InvalidArgument desc = only updates to Labels are allowed")
 
 
@@ -194,7 +206,7 @@ def test_empty_bodies_read_as_empty_specs():
         validate_spec("secrets", None)
     assert message(e) == (400, "rpc error: code = InvalidArgument desc = name must be provided")
     with pytest.raises(APIError) as e:
-        check_update("configs", {"Spec": {"Name": "c"}}, None, b"x")
+        check_update({"Spec": {"Name": "c"}}, read_update("configs", None), b"x")
     assert message(e) == (400, "rpc error: code = InvalidArgument desc = only updates to Labels are allowed")
     with pytest.raises(APIError) as e:
         validate_spec("configs", [1])

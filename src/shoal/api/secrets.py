@@ -18,7 +18,7 @@ from shoal.api.server import json_response, read_json, route
 from shoal.manager.secrets import cached_sealer, reveal, users_of
 from shoal.model.errors import BadRequest, Conflict, InvalidArgument, NameConflict, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
-from shoal.model.secrets import SINGULAR, Kind, check_update, validate_spec
+from shoal.model.secrets import SINGULAR, Kind, check_update, read_update, validate_spec
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -43,13 +43,11 @@ def view(kind: str, obj: dict) -> dict:
     return {k: out[k] for k in ("ID", "Version", "CreatedAt", "UpdatedAt", "Spec") if k in out}
 
 
-def _version(request: web.Request) -> int:
+def _version(request: web.Request, kind: Kind) -> int:
     raw = request.rel_url.query.get("version", "")
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid {'secret' if 'secrets' in request.path else 'config'} version "
-                         f"'{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax") from None
+    if not raw.isdigit():
+        raise BadRequest(f"invalid {SINGULAR[kind]} version")
+    return int(raw)
 
 
 async def _create(daemon: Daemon, request: web.Request, kind: Kind) -> web.Response:
@@ -86,11 +84,12 @@ async def _list(daemon: Daemon, request: web.Request, kind: Kind) -> web.Respons
 
 
 async def _update(daemon: Daemon, request: web.Request, kind: Kind, ref: str) -> web.Response:
+    # moby's order: decode the body, parse the version, find the object, then swarmkit's checks
+    update = read_update(kind, await read_json(request))
+    version = _version(request, kind)
     obj = resolve(daemon.objs, kind, ref)
-    version = _version(request)
-    body = await read_json(request)
     current = reveal(sealer(daemon) if kind == "secrets" else None, kind, obj)
-    labels = check_update(kind, obj, body, current)
+    labels = check_update(obj, update, current)
     if version != obj["Version"]["Index"]:
         raise OutOfSequence()
     new = copy.deepcopy(obj)

@@ -125,8 +125,8 @@ def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
     return spec, data
 
 
-def check_update(kind: Kind, current: dict, body: Any, current_data: bytes) -> dict[str, str]:
-    """An update request may only change Labels; returns the new labels."""
+def read_update(kind: Kind, body: Any) -> tuple[str, dict[str, str], bytes | None]:
+    """Decode an update request's spec: (name, labels, data or None when not given)."""
     struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
     body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
     if not isinstance(body, dict):
@@ -136,10 +136,15 @@ def check_update(kind: Kind, current: dict, body: Any, current_data: bytes) -> d
     if raw is not None and not isinstance(raw, str):
         raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(raw)} into Go struct field "
                          f"{struct}.Data of type []uint8")
-    data = decode_base64(raw) if raw else None
-    if (body.get("Name") or "") != current["Spec"]["Name"] or (data is not None and data != current_data):
+    return body.get("Name") or "", _labels(body.get("Labels"), struct), decode_base64(raw) if raw else None
+
+
+def check_update(current: dict, update: tuple[str, dict[str, str], bytes | None], current_data: bytes) -> dict:
+    """An update may only change Labels (swarmkit compares Name and, when given, Data); the new labels."""
+    name, labels, data = update
+    if name != current["Spec"]["Name"] or (data is not None and data != current_data):
         raise InvalidArgument("only updates to Labels are allowed")
-    return _labels(body.get("Labels"), struct)
+    return labels
 
 
 # -- references from a service's ContainerSpec ----------------------------------------------------------
