@@ -223,6 +223,12 @@ def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:
         ("POST", "/v1.41/services/create", {"Name": "clash", "TaskTemplate": {"ContainerSpec": {
             "Image": BOX, "Secrets": [{"SecretID": "{d}", "SecretName": "db_pw", "File": {"Name": "t"}},
                                       {"SecretID": "{d}", "SecretName": "db_pw", "File": {"Name": "t"}}]}}}),
+        ("POST", "/v1.41/services/create", {"Name": "bad", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Secrets": [{"SecretID": "{d}", "SecretName": "db_pw"}]}}}),
+        ("POST", "/v1.41/services/create", {"Name": "bad", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Secrets": [{"SecretID": "{d}", "File": {"Name": "x"}}]}}}),
+        ("POST", "/v1.41/services/create", {"Name": "bad", "TaskTemplate": {"ContainerSpec": {
+            "Image": BOX, "Configs": [{"ConfigID": "c", "ConfigName": "n", "File": {"Name": ""}}]}}}),
         ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "db_pw", "Data": "b3RoZXI="}),
         ("POST", "/v1.41/secrets/db_pw/update?version=1", {"Name": "renamed"}),
         ("POST", "/v1.41/secrets/db_pw/update?version=abc", {"Name": "db_pw"}),
