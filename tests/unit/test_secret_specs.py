@@ -241,3 +241,13 @@ def test_unsupported_templates_are_refused(text):
 
     with pytest.raises(TemplateError):
         expand(text, template_ctx(), {})
+
+
+def test_wrongly_typed_fields_are_bad_requests():
+    for body in ({"Name": "x", "Data": "eA==", "Templating": 5}, {"Name": "x", "Data": "eA==", "Labels": ["a"]}):
+        with pytest.raises(APIError) as e:
+            validate_spec("configs", body)
+        assert e.value.status == 400 and e.value.message.startswith("invalid JSON: json: cannot unmarshal")
+    with pytest.raises(APIError) as e:
+        validate_refs(service_spec([{"SecretID": "1", "SecretName": "a", "File": {"Name": 5}}]))
+    assert e.value.status == 400

@@ -120,8 +120,14 @@ def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
                               "create the secret with its data instead")
     if len(data) >= MAX_SIZE[kind] or len(data) < 1:
         raise InvalidArgument(f"{SINGULAR[kind]} data must be larger than 0 and less than {MAX_SIZE[kind]} bytes")
-    if body.get("Templating"):
-        spec["Templating"] = copy.deepcopy(body["Templating"])
+    templating = body.get("Templating")
+    if templating is not None and not (isinstance(templating, dict)
+                                       and isinstance(templating.get("Name") or "", str)
+                                       and isinstance(templating.get("Options") or {}, dict)):
+        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(templating)} into Go struct field "
+                         f"{struct}.Templating of type swarm.Driver")
+    if templating:
+        spec["Templating"] = copy.deepcopy(templating)
     return spec, data
 
 
@@ -180,7 +186,8 @@ def validate_refs(spec: dict) -> None:
             if kind == "configs" and ref.get("Runtime") is not None and target is None:
                 raise InvalidArgument("shoal: config references with a runtime target (credential specs) are "
                                       "for Windows only")
-            if not isinstance(target, dict):
+            if not isinstance(target, dict) or not all(isinstance(target.get(k) or "", str)
+                                                       for k in ("Name", "UID", "GID")):
                 raise BadRequest(f"json: cannot unmarshal into Go struct field {one.title()}Reference.File")
             fname = target.get("Name") or ""
             if not fname:
