@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 from pathlib import Path
 
 import docker
@@ -280,3 +281,25 @@ def test_templated_config(shoald, docker_engine, tmp_path):
     shoald.docker("service", "rm", "tmpl")
     wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30, what="container removed")
     shoald.docker("config", "rm", "tmpl")
+
+
+def test_restart_keeps_tasks_reading_and_new_tasks_get_files(shoald, docker_engine, tmp_path):
+    """Last in the module: it restarts the module's shoald. A SIGTERM stops shoald and detaches its tmpfs;
+    the running task keeps its file, and new tasks after the restart get theirs from a new tmpfs."""
+    (tmp_path / "s").write_text("survives")
+    shoald.docker("secret", "create", "durable_secret", str(tmp_path / "s"))
+    shoald.docker("service", "create", "-d", "--name", "keeper", "--secret", "durable_secret", IMAGE, *LOOP)
+    first = one_container(docker_engine, "keeper")
+    shoald.kill(signal.SIGTERM)
+    assert not any(f" {shoald.data / 'task-files'} " in line for line in Path("/proc/mounts").read_text().splitlines())
+    shoald.start()
+    wait_for(lambda: shoald.request("GET", "/services")[0] == 200, 30, what="the swarm back")
+    assert sh(first, "cat /run/secrets/durable_secret") == "survives"
+    shoald.docker("service", "scale", "-d", "keeper=2")
+    wait_for(lambda: len(running_containers(docker_engine, "keeper")) == 2, 30, what="2 tasks")
+    for c in running_containers(docker_engine, "keeper"):
+        assert file_facts(c, "/run/secrets/durable_secret")[0] == "survives"
+    shoald.docker("service", "rm", "keeper")
+    label = {"label": "com.docker.swarm.service.name=keeper"}
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters=label), 30, what="containers removed")
+    shoald.docker("secret", "rm", "durable_secret")
