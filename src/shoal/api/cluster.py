@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from shoal.model.errors import APIError
 from shoal.agent.logs import make_logs_handler
+from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
 from shoal.tls import peer_identity, sign_csr
 
