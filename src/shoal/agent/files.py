@@ -101,7 +101,9 @@ class TaskFiles:
                 data = self._expand(task, deps, item, data)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
             finally:
