@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -281,6 +282,28 @@ def test_templated_config(shoald, docker_engine, tmp_path):
     shoald.docker("service", "rm", "tmpl")
     wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30, what="container removed")
     shoald.docker("config", "rm", "tmpl")
+
+
+def test_rm_racing_a_service_create_never_leaves_a_dangling_reference(shoald):
+    """A secret rm and a service create naming the secret, sent at the same time: one of them wins."""
+    outcomes = set()
+    for i in range(8):
+        status, _, body = shoald.request("POST", "/secrets/create", {"Name": f"race{i}", "Data": "eA=="})
+        assert status == 201
+        ref = {"SecretID": body["ID"], "SecretName": f"race{i}",
+               "File": {"Name": "r", "UID": "0", "GID": "0", "Mode": 292}}
+        spec = {"Name": f"race{i}", "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Secrets": [ref]},
+                                                       "Placement": {"Constraints": ["node.labels.none==1"]}}}
+        with ThreadPoolExecutor(2) as pool:
+            create = pool.submit(shoald.request, "POST", "/services/create", spec)
+            remove = pool.submit(shoald.request, "DELETE", f"/secrets/{body['ID']}")
+            (created, _, _), (removed, _, _) = create.result(), remove.result()
+        assert (created, removed) in ((201, 400), (400, 204)), (created, removed)
+        outcomes.add((created, removed))
+        if created == 201:
+            assert shoald.request("DELETE", f"/services/race{i}")[0] == 200
+            assert shoald.request("DELETE", f"/secrets/{body['ID']}")[0] == 204
+    assert not any(n.startswith("race") for n in names(shoald, "secrets"))
 
 
 def test_restart_keeps_tasks_reading_and_new_tasks_get_files(shoald, docker_engine, tmp_path):

@@ -15,7 +15,7 @@ from aiohttp import web
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import json_response, read_json, route
-from shoal.manager.secrets import cached_sealer, reveal, users_of
+from shoal.manager.secrets import cached_sealer, refs_lock, reveal, users_of
 from shoal.model.errors import BadRequest, Conflict, InvalidArgument, NameConflict, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
 from shoal.model.secrets import SINGULAR, Kind, check_update, read_update, validate_spec
@@ -101,13 +101,14 @@ async def _update(daemon: Daemon, request: web.Request, kind: Kind, ref: str) ->
 
 async def _delete(daemon: Daemon, request: web.Request, kind: Kind, ref: str) -> web.Response:
     obj = resolve(daemon.objs, kind, ref)
-    users = users_of(daemon.objs, kind, obj["ID"])
-    if users:
-        word = "service" if len(users) == 1 else "services"
-        raise InvalidArgument(f"{SINGULAR[kind]} '{obj['Spec']['Name']}' is in use by the following {word}: "
-                              f"{', '.join(users)}")
-    if not await daemon.objs.delete(kind, obj):
-        raise OutOfSequence()
+    async with refs_lock(daemon.objs):  # no service starts using it between the check and the delete
+        users = users_of(daemon.objs, kind, obj["ID"])
+        if users:
+            word = "service" if len(users) == 1 else "services"
+            raise InvalidArgument(f"{SINGULAR[kind]} '{obj['Spec']['Name']}' is in use by the following {word}: "
+                                  f"{', '.join(users)}")
+        if not await daemon.objs.delete(kind, obj):
+            raise OutOfSequence()
     return web.Response(status=204)
 
 

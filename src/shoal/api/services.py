@@ -10,6 +10,7 @@ from aiohttp import web
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import json_response, read_json, route
+from shoal.manager.secrets import refs_lock
 from shoal.model import states
 from shoal.model.errors import BadRequest, FailedPrecondition, InvalidArgument, OutOfSequence
 from shoal.model.ids import new_id, now
@@ -97,18 +98,19 @@ async def inspect_service(daemon: Daemon, request: web.Request, ref: str) -> web
 @route("POST", "/services/create")
 async def create_service(daemon: Daemon, request: web.Request) -> web.Response:
     spec = validate_spec(await read_json(request))
-    daemon.check_spec_refs(spec)
-    ts = now()
-    svc = {
-        "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
-        "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}},
-    }
-    await daemon.allocate_endpoint(svc, None)
-    try:
-        await daemon.objs.create("services", svc)
-    except Exception:
-        daemon.netalloc.release_service(svc["ID"])
-        raise
+    async with refs_lock(daemon.objs):  # no secret or config is removed between the check and the write
+        daemon.check_spec_refs(spec)
+        ts = now()
+        svc = {
+            "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
+            "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}},
+        }
+        await daemon.allocate_endpoint(svc, None)
+        try:
+            await daemon.objs.create("services", svc)
+        except Exception:
+            daemon.netalloc.release_service(svc["ID"])
+            raise
     return json_response({"ID": svc["ID"], "Warnings": None}, 201)
 
 
@@ -128,20 +130,21 @@ async def update_service(daemon: Daemon, request: web.Request, ref: str) -> web.
         raise APIErrorUnimplemented("renaming services is not supported")
     if mode_of(spec) != mode_of(svc["Spec"]):
         raise InvalidArgument("service mode change is not allowed")
-    daemon.check_spec_refs(spec, exclude=svc["ID"])
-    if version != svc["Version"]["Index"]:
-        raise OutOfSequence()
-    new = copy.deepcopy(svc)
-    new["PreviousSpec"] = svc["Spec"]
-    new["Spec"] = spec
-    new["UpdatedAt"] = now()
-    new["Endpoint"] = {**(svc.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
-    if (spec.get("TaskTemplate") != svc["Spec"].get("TaskTemplate")):
-        state, message = ("rollback_started", "manually requested rollback") if rollback else \
-            ("updating", "update in progress")
-        new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
-    await daemon.allocate_endpoint(new, svc)
-    await daemon.objs.update("services", new)
+    async with refs_lock(daemon.objs):  # no secret or config is removed between the check and the write
+        daemon.check_spec_refs(spec, exclude=svc["ID"])
+        if version != svc["Version"]["Index"]:
+            raise OutOfSequence()
+        new = copy.deepcopy(svc)
+        new["PreviousSpec"] = svc["Spec"]
+        new["Spec"] = spec
+        new["UpdatedAt"] = now()
+        new["Endpoint"] = {**(svc.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
+        if (spec.get("TaskTemplate") != svc["Spec"].get("TaskTemplate")):
+            state, message = ("rollback_started", "manually requested rollback") if rollback else \
+                ("updating", "update in progress")
+            new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
+        await daemon.allocate_endpoint(new, svc)
+        await daemon.objs.update("services", new)
     return json_response({"Warnings": None})
 
 
