@@ -14,6 +14,19 @@ if TYPE_CHECKING:
     from shoal.daemon import Daemon
 
 
+TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _flag(query, name: str) -> bool:
+    """A boolean query parameter as Go's strconv.ParseBool reads it (absent: false)."""
+    value = query.get(name, "")
+    if value in TRUE:
+        return True
+    if value in FALSE or value == "":
+        return False
+    raise BadRequest(f"invalid value for {name}: {value}")
+
+
 @route("POST", "/swarm/init", manager=False)
 async def init(daemon: Daemon, request: web.Request) -> web.Response:
     body = await read_json(request) or {}
@@ -40,9 +53,9 @@ async def update(daemon: Daemon, request: web.Request) -> web.Response:
         version = int(q["version"])
     except ValueError:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
-    await daemon.update_swarm(body, version, rotate_worker=q.get("rotateWorkerToken") in ("1", "true"),
-                              rotate_manager=q.get("rotateManagerToken") in ("1", "true"),
-                              rotate_unlock=q.get("rotateManagerUnlockKey") in ("1", "true"))
+    await daemon.update_swarm(body, version, rotate_worker=_flag(q, "rotateWorkerToken"),
+                              rotate_manager=_flag(q, "rotateManagerToken"),
+                              rotate_unlock=_flag(q, "rotateManagerUnlockKey"))
     return web.Response(status=200)
 
 
