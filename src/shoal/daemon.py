@@ -416,7 +416,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.objs)
         try:  # without the CA key no secret can be opened (tasks needing one are then refused), the rest runs
             self.dispatcher.sealer = cached_sealer(self.ca_key_pem())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError) as e:  # TypeError: a passphrase-protected key
             log.error("cannot derive the secrets data key from the cluster CA key: %s", e)
         self.netalloc = NetworkAllocator(self.objs)
         self.netalloc.load()

@@ -30,7 +30,7 @@ FILTERS = {"id", "name", "names", "label"}
 def sealer(daemon: Daemon) -> Sealer:
     try:
         return cached_sealer(daemon.ca_key_pem())
-    except OSError as e:
+    except (OSError, ValueError, TypeError) as e:
         raise Unavailable(f"shoal: the cluster's data key is not available on this manager: {e}") from None
 
 
