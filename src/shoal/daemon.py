@@ -743,10 +743,16 @@ class Daemon:
             netagent = self.netagent
             await self._stop_roles()
             await self._stop_store()
-            await self._remove_task_containers()
-            unmount_task_files(self.task_files_dir)
-            if netagent is not None:
-                await netagent.cleanup()
+            if netagent is not None:  # the engine calls the network plugin while it removes task containers
+                await netagent.plugin.start()
+            try:
+                await self._remove_task_containers()
+                unmount_task_files(self.task_files_dir)
+                if netagent is not None:
+                    await netagent.cleanup()
+            finally:
+                if netagent is not None:
+                    await netagent.plugin.stop()
             self.netagent = None
             self.state_file.unlink(missing_ok=True)
             self.keylock.forget()

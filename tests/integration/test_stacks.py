@@ -219,20 +219,28 @@ def _converged(shoald, stack: str, want: dict[str, int]):
     wait_for(check, 60, what=f"stack {stack} converged to {want}")
 
 
-def test_deploy_keys_stored_as_sent_and_acted_on(shoald, tmp_path, docker_engine):
+def assert_stored_as_sent(shoald, tmp_path: Path, stack: str, text: str) -> dict[str, dict]:
+    """Deploy through a recording proxy; every spec the CLI sent comes back as Docker's daemon would give
+    it, with and without ``insertDefaults``. Returns the stored services by name."""
     with RecordingProxy(shoald.sock, str(tmp_path / "rec.sock")) as rec:
-        cp = shoald.docker("-H", f"unix://{rec.path}", "stack", "deploy", "-c", str(_write(tmp_path, FULL)), "full")
-    assert "Creating network full_back" in cp.stdout and "Creating service full_web" in cp.stdout
+        shoald.docker("-H", f"unix://{rec.path}", "stack", "deploy", "-c",
+                      str(_write(tmp_path, text, f"{stack}.yml")), stack)
     sent = {s["Name"]: s for s in rec.creates()}
-    assert set(sent) == {"full_web", "full_db", "full_agent"}
     nets = {n["Name"]: n["Id"] for n in shoald.client().api.networks()}
-    stored = _services(shoald, "full")
+    stored = _services(shoald, stack)
+    assert set(sent) == set(stored) and sent
     for name, spec in sent.items():
         _, _, plain = shoald.request("GET", f"/services/{stored[name]['ID']}")
         _, _, full = shoald.request("GET", f"/services/{stored[name]['ID']}?insertDefaults=true")
         expected = docker_stores(spec, nets)
         assert _prune(plain["Spec"]) == _prune(expected), name
         assert _prune(full["Spec"]) == _prune(_merge(DEFAULTS, expected)), name
+    return stored
+
+
+def test_deploy_keys_stored_as_sent_and_acted_on(shoald, tmp_path, docker_engine):
+    stored = assert_stored_as_sent(shoald, tmp_path, "full", FULL)
+    assert set(stored) == {"full_web", "full_db", "full_agent"}
     web_spec = stored["full_web"]["Spec"]
     tt = web_spec["TaskTemplate"]
     assert web_spec["Labels"]["tier"] == "front" and web_spec["Labels"]["com.docker.stack.namespace"] == "full"
@@ -374,7 +382,7 @@ version: "3.8"
 services:
   app:
     image: shoal/demo-busybox:latest
-    command: [sh, -c, "cat /run/secrets/pw /cfg; sleep 100000"]
+    command: [sh, -c, "trap 'exit 0' TERM; cat /run/secrets/pw /cfg; while true; do sleep 1; done"]
     secrets: [pw]
     configs: [{source: cfg, target: /cfg}]
 secrets:
@@ -398,3 +406,43 @@ def test_stack_with_secret_and_config(shoald, tmp_path):
     assert "Removing secret sec_pw" in cp.stdout and "Removing config sec_cfg" in cp.stdout
     assert "sec_pw" not in shoald.docker("secret", "ls").stdout
     assert "sec_cfg" not in shoald.docker("config", "ls").stdout
+
+
+RICH = """
+version: "3.8"
+services:
+  rich:
+    image: shoal/demo-busybox:latest
+    command: [sleep, "100000"]
+    environment: {A: "1", B: two}
+    labels: {container.label: x}
+    hostname: richhost
+    user: "0:0"
+    working_dir: /tmp
+    stop_grace_period: 3s
+    stop_signal: SIGTERM
+    init: true
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    sysctls: {net.core.somaxconn: "1024"}
+    ulimits: {nofile: {soft: 1024, hard: 2048}}
+    extra_hosts: ["db.local:10.1.2.3"]
+    healthcheck: {test: ["CMD", "true"], interval: 5s, timeout: 2s, retries: 2, start_period: 1s}
+    logging: {driver: json-file, options: {max-size: 1m}}
+    volumes: [{type: tmpfs, target: /cache, tmpfs: {size: 1048576}}, {type: volume, source: richdata, target: /data}]
+    ports: [{target: 80, published: 18095, protocol: udp, mode: host}]
+    deploy:
+      replicas: 1
+      labels: {a.b: c}
+      rollback_config: {failure_action: continue, monitor: 3s}
+volumes:
+  richdata: {}
+"""
+
+
+@pytest.mark.parametrize("which", ["simple", "rich", "secrets"])
+def test_more_specs_stored_as_sent(shoald, tmp_path, which):
+    (tmp_path / "pw.txt").write_text("hunter2\n")
+    (tmp_path / "cfg.txt").write_text("conf=1\n")
+    text = {"simple": SIMPLE.format(port=18096, color="x"), "rich": RICH, "secrets": WITH_SECRETS}[which]
+    assert_stored_as_sent(shoald, tmp_path, f"rt{which}", text)
