@@ -90,6 +90,10 @@ def test_service_logs_tail_and_task(shoald, logsvc):
     assert status == 200 and headers["Content-Type"] == "application/vnd.docker.raw-stream"
     status, _, body = shoald.request("GET", "/services/chatty/logs")
     assert status == 400 and body["message"] == "Bad parameters: you must choose at least one stream"
+    status, _, body = shoald.request("GET", "/services/chatty/logs?stdout=1&tail=x")
+    assert (status, body["message"]) == (500, 'tail value must be a positive integer or "all"')
+    status, _, body = shoald.request("GET", "/services/chatty/logs?stdout=1&tail=-2")
+    assert (status, body["message"]) == (500, "negative tail values not supported")
     cp = shoald.docker("service", "logs", "nosuchthing", check=False)
     assert cp.returncode != 0 and "no such task or service: nosuchthing" in cp.stderr
 

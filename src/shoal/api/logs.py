@@ -21,7 +21,7 @@ from aiohttp import web
 from shoal.agent.logs import LogLine, LogQuery, drain, local_logs, remote_logs
 from shoal.api.resolve import resolve
 from shoal.api.server import route
-from shoal.model.errors import BadRequest
+from shoal.model.errors import APIError, BadRequest
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -69,13 +69,17 @@ async def _stream(daemon: Daemon, request: web.Request, svc: dict, task: dict | 
     if not (stdout or stderr):
         raise BadRequest("Bad parameters: you must choose at least one stream")
     tail = request.rel_url.query.get("tail") or "all"
-    if tail != "all" and not tail.lstrip("-").isdigit():
-        raise BadRequest(f'tail value must be a positive integer or "all": {tail}')
-    if tail.startswith("-"):
-        tail = "all"
-    spec = svc.get("Spec") or {}
-    tty = bool((((task or {}).get("Spec") or (spec.get("TaskTemplate") or {})).get("ContainerSpec") or {})
-               .get("TTY"))
+    if tail != "all":  # moby's ServiceLogs: plain errors, hence 500
+        try:
+            if int(tail) < 0:
+                raise APIError("negative tail values not supported", 500)
+        except ValueError:
+            raise APIError('tail value must be a positive integer or "all"', 500) from None
+    if task is not None:
+        cs = (task.get("Spec") or {}).get("ContainerSpec") or {}
+    else:
+        cs = ((svc.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    tty = bool(cs.get("TTY"))
     q = LogQuery(service=svc["ID"], task=task["ID"] if task else "", follow=_flag(request, "follow"),
                  tail=tail, since=request.rel_url.query.get("since", ""), tty=tty)
     timestamps, with_details = _flag(request, "timestamps"), _flag(request, "details")
