@@ -228,7 +228,7 @@ def test_seed_walkthrough(pyswarm, docker_engine, cli):
     assert ps.splitlines()[0].split() == ["CONTAINER", "ID", "STATUS", "IMAGE"] and WEB in ps
 
     host_port = 18200 + int(v)
-    docker_cli("service", "create", "--publish", f"mode=host,target=80,published={host_port},protocol=tcp",
+    docker_cli("service", "create", "-d", "--publish", f"mode=host,target=80,published={host_port},protocol=tcp",
                "--name", f"nginx{v}", WEB)
     ports = mgr.request("GET", f"/services/nginx{v}")[2]["Endpoint"]["Ports"]
     assert ports == [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": host_port, "PublishMode": "host"}]
@@ -241,13 +241,14 @@ def test_seed_walkthrough(pyswarm, docker_engine, cli):
     assert "NetworkID" in vips or "{" in vips
 
     with tempfile.TemporaryDirectory(prefix="shoal-seed-") as logdir:
-        docker_cli("service", "create", "--name", f"bind{v}", "--mount",
+        docker_cli("service", "create", "-d", "--name", f"bind{v}", "--mount",
                    f"type=bind,source={logdir},target=/var/log/nginx", "--replicas=2", WEB)
-        docker_cli("service", "create", "--name", f"vol{v}", "--mount",
+        docker_cli("service", "create", "-d", "--name", f"vol{v}", "--mount",
                    f"type=volume,source=nginx-log{v},target=/var/log/nginx", "--replicas=2", WEB)
         wait_running(mgr, docker_engine, f"bind{v}", 2)
         mounts = mine(mgr, docker_engine, f"bind{v}")[0].attrs["Mounts"]
         assert any(m["Source"] == logdir and m["Destination"] == "/var/log/nginx" for m in mounts)
+        wait_running(mgr, docker_engine, f"vol{v}", 2)
         assert f"nginx-log{v}" in mgr.docker("volume", "ls").stdout
         docker_cli("service", "rm", f"bind{v}", f"vol{v}")
 
@@ -260,11 +261,12 @@ def test_seed_walkthrough(pyswarm, docker_engine, cli):
     wait_running(mgr, docker_engine, f"test-app{v}", 4, 60)
 
     docker_cli("node", "update", "--label-add", "storage=hdd", me)
-    docker_cli("service", "create", "--name", f"label_nginx{v}", "--constraint", "node.labels.storage == hdd",
+    docker_cli("service", "create", "-d", "--name", f"label_nginx{v}", "--constraint", "node.labels.storage == hdd",
                "--replicas=5", WEB)
-    docker_cli("service", "create", "--name", f"label_nginx2{v}", "--constraint", f"node.id == {me}",
+    docker_cli("service", "create", "-d", "--name", f"label_nginx2{v}", "--constraint", f"node.id == {me}",
                "--replicas=5", WEB)
     for name in (f"label_nginx{v}", f"label_nginx2{v}"):
+        wait_running(mgr, docker_engine, name, 5)
         nodes = docker_cli("service", "ps", "--filter", "desired-state=running", "--format", "{{.Node}}",
                            name).stdout.split()
         assert len(nodes) == 5
