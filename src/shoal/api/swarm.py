@@ -8,7 +8,7 @@ from aiohttp import web
 
 from shoal import autolock
 from shoal.api.server import json_response, read_json, route
-from shoal.model.errors import BadRequest
+from shoal.model.errors import APIError, BadRequest
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -25,6 +25,15 @@ def _flag(query, name: str) -> bool:
     if value in FALSE or value == "":
         return False
     raise BadRequest(f"invalid value for {name}: {value}")
+
+
+def _refuse_ca_rotation(daemon: Daemon, spec: dict) -> None:
+    """Root CA rotation (`docker swarm ca --rotate`, a new signing CA) is not implemented: say so rather
+    than accept a spec that claims it happened."""
+    ca = spec.get("CAConfig") or {}
+    current = (daemon.cluster()["Spec"].get("CAConfig") or {}).get("ForceRotate", 0)
+    if ca.get("SigningCACert") or ca.get("SigningCAKey") or (ca.get("ForceRotate") or 0) != current:
+        raise APIError("rpc error: code = Unimplemented desc = shoal cannot rotate the swarm's root CA yet", 501)
 
 
 @route("POST", "/swarm/init", manager=False)
@@ -53,6 +62,7 @@ async def update(daemon: Daemon, request: web.Request) -> web.Response:
         version = int(q["version"])
     except ValueError:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
+    _refuse_ca_rotation(daemon, body)
     await daemon.update_swarm(body, version, rotate_worker=_flag(q, "rotateWorkerToken"),
                               rotate_manager=_flag(q, "rotateManagerToken"),
                               rotate_unlock=_flag(q, "rotateManagerUnlockKey"))
