@@ -1,7 +1,8 @@
 """A compose stack on the three-host lab (manager, worker1, worker2): `docker stack deploy` converges
 (a web service with 3 replicas publishing a port, one per host; a back-end on an overlay network placed
-on workers only; update_config), `stack ps/services` show it, and `docker service logs -f` streams lines
-from tasks on all three hosts, gathered over the cluster port."""
+on workers only, with a secret and a config; update_config), `stack ps/services` show it, `docker service
+logs -f` streams lines from tasks on all three hosts, gathered over the cluster port; a re-deploy of a
+changed file replaces only the changed service's tasks, and `stack rm` removes all of it."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ services:
       placement:
         constraints: [node.role == worker]
     networks: [front, back]
+    environment: [API_MODE=one]
+    secrets: [apikey]
+    configs: [{source: apiconf, target: /etc/api.conf, mode: 0440}]
   ticker:
     image: shoal/demo-busybox:latest
     command: [sh, -c, "i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.3; done"]
@@ -52,6 +56,10 @@ services:
 networks:
   front: {driver: overlay}
   back: {driver: overlay}
+secrets:
+  apikey: {file: ./apikey.txt}
+configs:
+  apiconf: {file: ./api.conf}
 """
 
 
@@ -67,9 +75,16 @@ def hosts_of(lab: Lab, service: str) -> list[str]:
     return sorted(line.split()[0] for line in out.splitlines() if "Running" in line)
 
 
+def containers(lab: Lab, host: str, service: str) -> list[str]:
+    return sorted(lab.engine_docker(host, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}")
+                  .stdout.split())
+
+
 def test_stack_deploys_converges_and_streams_logs_from_every_host(lab: Lab, tmp_path: Path) -> None:
     compose = tmp_path / "stack.yml"
     compose.write_text(STACK)
+    (tmp_path / "apikey.txt").write_text("s3cr3t-key")
+    (tmp_path / "api.conf").write_text("listen 80\n")
     cp = lab.docker("manager", "stack", "deploy", "-c", str(compose), "shop")
     assert "Creating network shop_back" in cp.stdout and "Creating service shop_web" in cp.stdout
     wait_for(lambda: hosts_of(lab, "shop_web") == sorted(HOSTS), 90, "web: one task on each host")
@@ -120,7 +135,22 @@ def test_stack_deploys_converges_and_streams_logs_from_every_host(lab: Lab, tmp_
     cp = lab.docker("manager", "service", "logs", "--tail", "1", "shop_api")
     assert sorted(re.findall(r"@(\S+) +\| api on", cp.stdout)) == ["worker1", "worker2"]
 
+    # the api tasks see their secret and config; a re-deploy of a changed file replaces only api's tasks
+    for h in ("worker1", "worker2"):
+        cid = containers(lab, h, "shop_api")[0]
+        assert lab.engine_docker(h, "exec", cid, "cat", "/run/secrets/apikey").stdout == "s3cr3t-key"
+        assert lab.engine_docker(h, "exec", cid, "stat", "-c", "%a", "/etc/api.conf").stdout.strip() == "440"
+    before = {svc: {h: containers(lab, h, svc) for h in HOSTS} for svc in ("shop_web", "shop_ticker", "shop_api")}
+    compose.write_text(STACK.replace("API_MODE=one", "API_MODE=two"))
+    lab.docker("manager", "stack", "deploy", "-c", str(compose), "shop")
+    wait_for(lambda: all(containers(lab, h, "shop_api") and not set(containers(lab, h, "shop_api"))
+                         & set(before["shop_api"][h]) for h in ("worker1", "worker2")), 60, "api tasks replaced")
+    for svc in ("shop_web", "shop_ticker"):
+        assert {h: containers(lab, h, svc) for h in HOSTS} == before[svc], f"{svc} was disturbed"
+
     cp = lab.docker("manager", "stack", "rm", "shop")
     assert "Removing service shop_web" in cp.stdout and "Removing network shop_front" in cp.stdout
     wait_for(lambda: not any(lab.engine_docker(h, "ps", "-q", "--filter", "label=com.docker.stack.namespace=shop")
                              .stdout.strip() for h in HOSTS), 60, "no stack containers left")
+    assert lab.docker("manager", "secret", "ls", "-q").stdout.strip() == ""
+    assert lab.docker("manager", "config", "ls", "-q").stdout.strip() == ""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from shoal.agent.logs import drain
+from shoal.api.filters import parse_filters
 from shoal.api.proxy import engine_path
 from shoal.api.server import error_response, route
 from shoal.model.errors import BadRequest
@@ -40,16 +41,8 @@ def parse_timestamp(value: str | None) -> int | None:
 
 
 def parse_event_filters(raw: str | None) -> dict[str, list[str]]:
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest(f"invalid filter '{raw}'") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"invalid filter '{raw}'")
-    return {k: ([x for x, on in v.items() if on] if isinstance(v, dict) else [str(x) for x in v])
-            for k, v in data.items() if isinstance(v, (dict, list))}
+    """The events endpoint takes any filter key (unknown ones match nothing)."""
+    return parse_filters(raw, None)
 
 
 def _exact(f: dict[str, list[str]], key: str, value: str) -> bool:

@@ -7,8 +7,9 @@ import json
 from shoal.model.errors import BadRequest
 
 
-def parse_filters(raw: str | None, allowed: set[str]) -> dict[str, list[str]]:
-    """``{"name": {"x": true}}`` or ``{"name": ["x"]}`` → ``{"name": ["x"]}``; unknown keys → 400."""
+def parse_filters(raw: str | None, allowed: set[str] | None) -> dict[str, list[str]]:
+    """``{"name": {"x": true}}`` or ``{"name": ["x"]}`` → ``{"name": ["x"]}``; keys not in ``allowed``
+    (unless it is None) → 400."""
     if not raw:
         return {}
     try:
@@ -19,7 +20,7 @@ def parse_filters(raw: str | None, allowed: set[str]) -> dict[str, list[str]]:
         raise BadRequest(f"invalid filter '{raw}'")
     out: dict[str, list[str]] = {}
     for key, val in data.items():
-        if key not in allowed:
+        if allowed is not None and key not in allowed:
             raise BadRequest(f"invalid filter '{key}'")
         if isinstance(val, dict):
             out[key] = [k for k, v in val.items() if v]
