@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from shoal.lab.lab import Lab
+import sys
+
+from shoal.lab.lab import Lab, lab_exists
 
 
 def docker_swarm(lab: Lab) -> None:
@@ -15,3 +17,11 @@ def docker_swarm(lab: Lab) -> None:
     tokens = {role: e(first.name, "swarm", "join-token", "-q", role).stdout.strip() for role in ("manager", "worker")}
     for h in others + lab.workers:
         e(h.name, "swarm", "join", "--token", tokens[h.role], "--advertise-addr", h.ip, f"{first.ip}:2377")
+
+
+def lab_in_use() -> bool:
+    """True (and says so) when a lab already exists: a lab benchmark needs the machine's only lab."""
+    if lab_exists():
+        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+        return True
+    return False

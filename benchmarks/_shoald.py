@@ -7,7 +7,6 @@ Not a benchmark itself (``make bench`` skips ``benchmarks/_*.py``); running it d
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
@@ -19,6 +18,10 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from shoal import unix_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_SOCK = "/var/run/docker.sock"
@@ -32,33 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def request(sock: str, method: str, path: str, body: object = None, timeout: float = 30) -> tuple[int, object]:
     """One HTTP request over a unix socket; returns (status, parsed JSON or text)."""
-    conn = _UnixHTTPConnection(sock, timeout)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = payload.decode(errors="replace")
-        return resp.status, parsed
-    finally:
-        conn.close()
+    status, _headers, parsed = unix_http.request(sock, method, path, body, timeout=timeout)
+    return status, parsed
 
 
 def service_containers(service: str, running_only: bool = True) -> list[dict]:

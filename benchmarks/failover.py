@@ -11,18 +11,16 @@ Run: .venv/bin/python benchmarks/failover.py
 
 from __future__ import annotations
 
-import http.client
-import json
-import socket
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _lab import docker_swarm  # noqa: E402
+from _lab import docker_swarm, lab_in_use  # noqa: E402
 
-from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
+from shoal import unix_http  # noqa: E402
+from shoal.lab.lab import Lab, down  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
 MANAGERS = ("manager1", "manager2", "manager3")
@@ -32,26 +30,9 @@ def quiet(_m: str) -> None:
     pass
 
 
-class Unix(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
 def call(sock: str, method: str, path: str, body: object = None) -> tuple[int, object]:
-    conn = Unix(sock)
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data else None
-    finally:
-        conn.close()
+    status, _headers, parsed = unix_http.request(sock, method, path, body)
+    return status, parsed
 
 
 def writes_per_second(sock: str, service: str, seconds: float = 8.0) -> float:
@@ -116,8 +97,7 @@ def docker_side() -> dict:
 
 
 def main() -> int:
-    if lab_exists():
-        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+    if lab_in_use():
         return 1
     s = shoal_side()
     d = docker_side()

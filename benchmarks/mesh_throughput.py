@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _lab import docker_swarm  # noqa: E402
+from _lab import docker_swarm, lab_in_use  # noqa: E402
 
-from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
+from shoal.lab.lab import Lab, down  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
 DURATION = 8
@@ -148,8 +148,7 @@ def docker_side() -> str:
 
 
 def main() -> int:
-    if lab_exists():
-        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+    if lab_in_use():
         return 1
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _lab import docker_swarm  # noqa: E402
+from _lab import docker_swarm, lab_in_use  # noqa: E402
 
-from shoal.lab.lab import Lab, down, lab_exists  # noqa: E402
+from shoal.lab.lab import Lab, down  # noqa: E402
 
 WEB = "shoal/demo-web:latest"
 REPLICAS = 6
@@ -131,8 +131,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
-    if lab_exists():
-        print("a lab already exists; `shoal lab down` first", file=sys.stderr)
+    if lab_in_use():
         return 1
     s = shoal_side(args.runs)
     d = docker_side(args.runs)

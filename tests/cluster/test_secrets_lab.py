@@ -9,11 +9,9 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 from labtools import module_lab, wait_for
 
+from shoal import unix_http
 from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -137,25 +136,8 @@ def as_docker_28(status: int, message: object) -> tuple[int, object]:
 
 
 def api(sock: Path, method: str, path: str, body: object = None) -> tuple[int, object]:
-    conn = UnixHTTPConnection(str(sock))
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data else None
-    finally:
-        conn.close()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
+    status, _headers, parsed = unix_http.request(str(sock), method, path, body)
+    return status, parsed
 
 
 def test_same_as_docker_swarm(lab: Lab, tmp_path: Path) -> None:

@@ -3,8 +3,6 @@ docker CLI and docker-py."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import socket
@@ -19,6 +17,8 @@ import docker
 import pytest
 from openapi_check import check_record
 
+from shoal import unix_http
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 DOCKER_V28 = "/usr/local/bin/docker"
@@ -29,17 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Shoald:
@@ -125,20 +114,7 @@ class Shoald:
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None,
                 timeout: float = 30) -> tuple[int, dict, object]:
-        conn = UnixHTTPConnection(self.sock, timeout)
-        try:
-            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-            try:
-                parsed = json.loads(payload) if payload else None
-            except ValueError:
-                parsed = payload.decode(errors="replace")
-            return resp.status, dict(resp.getheaders()), parsed
-        finally:
-            conn.close()
+        return unix_http.request(self.sock, method, path, body, raw, timeout)
 
     def docker(self, *args: str, cli: str = DOCKER_V28, check: bool = True, timeout: float = 120,
                ) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -146,11 +146,7 @@ async def local_logs(proxy: EngineProxy, q: LogQuery, out: asyncio.Queue, node_i
             await asyncio.sleep(POLL)
         await asyncio.gather(*readers)
     finally:
-        for r in readers:
-            r.cancel()
-        for r in readers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await r
+        await cancel_all(readers)
 
 
 async def remote_logs(addr: str, ssl_ctx: ssl.SSLContext, q: LogQuery, node_id: str) -> AsyncIterator[LogLine]:
@@ -163,6 +159,16 @@ async def remote_logs(addr: str, ssl_ctx: ssl.SSLContext, q: LogQuery, node_id: 
         async for raw in resp.content:
             if raw.strip():
                 yield LogLine.from_json(raw)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, whatever it ended with."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
 
 
 async def drain(out: asyncio.Queue, producers: set[asyncio.Task]) -> AsyncIterator[LogLine]:

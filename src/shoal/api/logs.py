@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from shoal.agent.logs import LogLine, LogQuery, drain, local_logs, remote_logs
+from shoal.agent.logs import LogLine, LogQuery, cancel_all, drain, local_logs, remote_logs
 from shoal.api.resolve import resolve
 from shoal.api.server import route
 from shoal.model.errors import APIError, BadRequest
@@ -142,11 +142,7 @@ async def _stream(daemon: Daemon, request: web.Request, svc: dict, task: dict | 
                 data = bytes((line.stream, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
             await resp.write(data)
     finally:
-        for p in producers:
-            p.cancel()
-        for p in producers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await p
+        await cancel_all(producers)
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
     return resp

@@ -98,8 +98,8 @@ def validate_name(name: Any) -> str:
     return name
 
 
-def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
-    """A SecretSpec or ConfigSpec from a create request: (spec without ``Data``, the decoded data)."""
+def _decode_body(kind: Kind, body: Any) -> tuple[str, dict, str | None]:
+    """Go's JSON decoding of a spec body: (struct name, the body as a dict, its base64 ``Data`` or None)."""
     struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
     body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
     if not isinstance(body, dict):
@@ -109,6 +109,12 @@ def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
     if raw is not None and not isinstance(raw, str):
         raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(raw)} into Go struct field "
                          f"{struct}.Data of type []uint8")
+    return struct, body, raw
+
+
+def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
+    """A SecretSpec or ConfigSpec from a create request: (spec without ``Data``, the decoded data)."""
+    struct, body, raw = _decode_body(kind, body)
     data = decode_base64(raw or "")
     spec: dict[str, Any] = {"Name": body.get("Name") or "", "Labels": _labels(body.get("Labels"), struct)}
     validate_name(spec["Name"])
@@ -133,15 +139,7 @@ def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
 
 def read_update(kind: Kind, body: Any) -> tuple[str, dict[str, str], bytes | None]:
     """Decode an update request's spec: (name, labels, data or None when not given)."""
-    struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
-    body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
-    if not isinstance(body, dict):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(body)} into Go value of type "
-                         f"swarm.{struct}")
-    raw = body.get("Data")
-    if raw is not None and not isinstance(raw, str):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(raw)} into Go struct field "
-                         f"{struct}.Data of type []uint8")
+    struct, body, raw = _decode_body(kind, body)
     return body.get("Name") or "", _labels(body.get("Labels"), struct), decode_base64(raw) if raw else None
 
 
