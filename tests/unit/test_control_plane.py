@@ -555,6 +555,24 @@ async def test_max_attempts_bounds_the_restarts() -> None:
 
 
 @deadline(10)
+async def test_max_attempts_holds_beyond_the_history_retention_limit() -> None:
+    async with running_swarm(3, retention=2) as h:
+        sid = await h.create_service(service_spec("flaky", 1, restart={"MaxAttempts": 3, "Delay": 30 * MS}))
+        ever: set[str] = set()
+
+        def probe(kind: str, oid: str, obj: dict | None) -> None:
+            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
+                ever.add(oid)
+
+        h.objs.probes.append(probe)
+        h.crash[sid] = 100  # every task fails once it runs
+        await h.until(lambda: len(ever) >= 4 and not h.running(sid), "the first run and 3 restarts", sid=sid)
+        await asyncio.sleep(1.0)  # ~30 restart delays: any restart beyond MaxAttempts would show
+        assert len(ever) == 4, h.dump(sid)
+        assert len(h.tasks(sid)) <= 2  # the retention limit still trims the slot's history
+
+
+@deadline(10)
 async def test_task_history_retention_limit_bounds_each_slot() -> None:
     async with running_swarm(3, retention=2) as h:
         sid = await h.create_service(service_spec("flaky", 2, restart={"Delay": 30 * MS}))

@@ -21,6 +21,7 @@ from shoal.manager.orchestrator.common import (
     runnable,
     set_desired,
     should_restart,
+    slot_key,
 )
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.scheduler.constraint import node_matches, parse
@@ -74,6 +75,7 @@ class Orchestrator(Controller):
                         if states.before(t["DesiredState"], states.REMOVE)]
                 self._updates.pop(sid, None)
                 self._last_batch.pop(sid, None)
+                self.restarts.forget_service(sid)
             elif is_replicated(svc):
                 out += self._replicated(svc, tasks)
             elif is_global(svc):
@@ -103,9 +105,10 @@ class Orchestrator(Controller):
     def _restart(self, svc: dict, t: dict, group: list[dict], out: list[Change], node_id: str = "") -> dict | None:
         """Shut down a dead task and, if its policy allows, create its delayed replacement."""
         out.append(Change("tasks", set_desired(t, states.SHUTDOWN)))
-        if not should_restart(t, group):
+        if not should_restart(t, group, self.restarts.restarted(slot_key(t))):
             return None
         nt = new_task(svc, t.get("Slot", 0), node_id, desired=states.READY)
+        self.restarts.record(slot_key(t), nt)
         # the restart delay guards against crash loops; a task lost with its node did not crash
         delay = 0.0 if self._node_gone(svc, t) else restart_policy(svc["Spec"].get("TaskTemplate") or {})["Delay"] / 1e9
         self.restarts.delay(nt["ID"], delay)
@@ -137,7 +140,8 @@ class Orchestrator(Controller):
         """The group's newest task stopped and its policy says not to restart: it keeps its place."""
         last = max(group, key=_created)
         return (last["DesiredState"] != states.REMOVE and states.terminal(observed(last))
-                and not is_dirty(svc, last) and not should_restart(last, group))
+                and not is_dirty(svc, last)
+                and not should_restart(last, group, self.restarts.restarted(slot_key(last))))
 
     def _promote(self, live: list[dict], tasks_by_id: dict[str, dict], out: list[Change]) -> None:
         for t in live:

@@ -3,14 +3,19 @@
 A replacement is created with DesiredState ``ready``; the orchestrator moves it to ``running`` once its
 restart delay has passed and (stop-first updates) the task it replaces has stopped. The bookkeeping is
 in memory: after a leader change, waiting replacements simply start at once.
+
+It also remembers each slot's restarts, so that MaxAttempts holds after the task history retention
+limit has trimmed the earlier tasks from the store (swarmkit keeps this history in memory as well).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from shoal.model import states
+from shoal.model.ids import parse_time
 
 
 @dataclass(slots=True)
@@ -19,9 +24,25 @@ class _Wait:
     after: str = ""  # task ID that must have stopped first
 
 
+HISTORY = 1000  # restarts remembered per slot
+
+
 class RestartSupervisor:
     def __init__(self) -> None:
         self._waits: dict[str, _Wait] = {}
+        self._history: dict[tuple[str, object], deque[tuple[str, float]]] = {}
+
+    def record(self, slot: tuple[str, object], task: dict) -> None:
+        """``task`` was created to restart ``slot``."""
+        self._history.setdefault(slot, deque(maxlen=HISTORY)).append((task["ID"], parse_time(task["CreatedAt"])))
+
+    def restarted(self, slot: tuple[str, object]) -> dict[str, float]:
+        """The slot's remembered restarts: task ID → creation time."""
+        return dict(self._history.get(slot, ()))
+
+    def forget_service(self, service_id: str) -> None:
+        for key in [k for k in self._history if k[0] == service_id]:
+            del self._history[key]
 
     def delay(self, task_id: str, seconds: float, after: str = "") -> None:
         self._waits[task_id] = _Wait(time.monotonic() + max(0.0, seconds), after)
