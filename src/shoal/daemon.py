@@ -45,6 +45,7 @@ from shoal.model.errors import APIError, BadRequest, OutOfSequence, Unavailable
 from shoal.model.ids import new_id, now
 from shoal.model.network import ingress_spec, new_network
 from shoal.model.service import SECOND
+from shoal.network import gwbridge
 from shoal.network.agent import NetworkAgent
 from shoal.store.base import StoreError
 from shoal.store.election import Election
@@ -301,6 +302,7 @@ class Daemon:
         if self.opts.networking:
             self.netagent = NetworkAgent(self.node_id, f"unix://{self.opts.engine}", self.opts.plugin_dir)
             await self.netagent.start()
+            await gwbridge.ensure(self.proxy)
             self._tasks.append(asyncio.create_task(self._follow_netmap(self.session, self.netagent),
                                                    name="netmap"))
         agent = Agent(self.node_id, self.session, self.executor, network=self.netagent,

@@ -8,6 +8,7 @@ and configs. Here one manager (networking on) and, for join/leave, one worker sh
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -237,8 +238,14 @@ def test_seed_walkthrough(pyswarm, docker_engine, cli):
     docker_cli("network", "create", "--subnet", subnet, "-d", "overlay", f"test-overlay{v}")
     row = next(r for r in docker_cli("network", "ls").stdout.splitlines() if f"test-overlay{v}" in r)
     assert row.split()[1:] == [f"test-overlay{v}", "overlay", "swarm"]
-    vips = docker_cli("service", "inspect", f"test-app{v}", "--format", "{{.Endpoint.VirtualIPs}}").stdout
-    assert "NetworkID" in vips or "{" in vips
+    # the seed's `{{.Endpoint.VirtualIPs}}`: one VIP on ingress and one on the overlay the service joins
+    ids = {n: docker_cli("network", "inspect", n, "--format", "{{.Id}}").stdout.strip()
+           for n in ("ingress", f"test-overlay{v}")}
+    docker_cli("service", "update", "-d", "--network-add", f"test-overlay{v}", f"test-app{v}")
+    vips = docker_cli("service", "inspect", f"test-app{v}", "--format", "{{.Endpoint.VirtualIPs}}").stdout.strip()
+    overlay_net = re.escape(subnet.rsplit(".", 1)[0])
+    assert re.fullmatch(rf"\[\{{{ids['ingress']} 10\.0\.0\.\d+/24\}} \{{{ids[f'test-overlay{v}']} "
+                        rf"{overlay_net}\.\d+/24\}}\]", vips), vips
 
     with tempfile.TemporaryDirectory(prefix="shoal-seed-") as logdir:
         docker_cli("service", "create", "-d", "--name", f"bind{v}", "--mount",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -38,6 +39,24 @@ def find_swarm_network(daemon: Daemon, ref: str) -> dict | None:
     return by_prefix[0] if len(by_prefix) == 1 else None
 
 
+def worker_networks(daemon: Daemon) -> list[dict]:
+    """On a worker, the swarm networks this node takes part in (ingress, and those of its tasks), as
+    its network map has them: Docker lists these on a worker too."""
+    if daemon.state != "active" or daemon.role == "manager" or daemon.netagent is None:
+        return []
+    return [n["resource"] for n in (daemon.netagent.netmap.get("networks") or {}).values() if "resource" in n]
+
+
+def find_worker_network(daemon: Daemon, ref: str) -> dict | None:
+    nets = worker_networks(daemon)
+    for match in (lambda n: n["Id"] == ref, lambda n: n["Name"] == ref):
+        found = [n for n in nets if match(n)]
+        if found:
+            return found[0]
+    by_prefix = [n for n in nets if n["Id"].startswith(ref)]
+    return by_prefix[0] if len(by_prefix) == 1 else None
+
+
 @route("GET", "/networks", manager=False)
 async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
     local = await daemon.proxy.get_json("/networks")
@@ -45,6 +64,8 @@ async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
     out = [n for n in local if n.get("Driver") != PLUGIN_DRIVER]
     if _swarm_active(daemon):
         out += [resource(n) for n in daemon.objs.list("networks")]
+    else:
+        out += worker_networks(daemon)
 
     def keep(n: dict) -> bool:
         if "driver" in f and n.get("Driver") not in f["driver"]:
@@ -69,9 +90,16 @@ async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
 @route("GET", "/networks/{ref}", manager=False)
 async def inspect_network(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
     net = find_swarm_network(daemon, ref)
-    if net is None:
-        return await daemon.proxy.handle(request)
-    return json_response(resource(net))
+    if net is not None:
+        return json_response(resource(net))
+    found = find_worker_network(daemon, ref)
+    if found is not None:
+        return json_response(found)
+    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
+        twin = resp.status == 200 and (await resp.json()).get("Driver") == PLUGIN_DRIVER
+    if twin:  # the engine's twin of a swarm network this node no longer takes part in: hidden
+        raise NotFound(f"network {ref} not found")
+    return await daemon.proxy.handle(request)
 
 
 @route("POST", "/networks/create", manager=False)

@@ -7,7 +7,8 @@ records), never as deltas. Shape::
     {
       "node": {"id": "...", "addr": "192.168.77.10"},          # underlay address (VXLAN endpoint)
       "networks": {NET_ID: {"name", "vni", "subnet", "gateway", "ingress", "internal",
-                            "local_addr": "10.0.1.3/24" | None}},   # this node's own address on it
+                            "local_addr": "10.0.1.3/24" | None,     # this node's own address on it
+                            "resource": {...}}},                     # its Engine API NetworkResource
       "peers": {NET_ID: [{"ip": "10.0.1.7", "vtep": "192.168.77.11"}, ...]},  # endpoints elsewhere
       "services": [{"id", "name", "aliases": {NET_ID: [...]}, "mode": "vip" | "dnsrr",
                     "vips": {NET_ID: "10.0.1.2"}, "backends": {NET_ID: ["10.0.1.7", ...]},
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from shoal.manager.allocator import vni_of
 from shoal.model import states
+from shoal.model.network import resource
 from shoal.store.objects import Objects
 
 
@@ -58,6 +60,7 @@ def compute(objs: Objects, node_id: str) -> dict:
             "name": net["Spec"]["Name"], "vni": vni_of(net), "subnet": cfg.get("Subnet", ""),
             "gateway": cfg.get("Gateway", ""), "ingress": bool(net["Spec"].get("Ingress")),
             "internal": bool(net["Spec"].get("Internal")), "local_addr": own.get(nid),
+            "resource": resource(net),  # what `docker network ls/inspect` shows on this node
         }
     peers: dict[str, list[dict]] = {nid: [] for nid in out_nets}
     for other_id, other in nodes.items():
