@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +19,7 @@ from shoal.model.ids import now
 from shoal.store.base import StoreError
 from shoal.store.objects import Objects
 
+log = logging.getLogger(__name__)
 
 def assigned_to(objs: Objects, node_id: str) -> list[dict]:
     """Tasks a node must know about: scheduled to it and not yet forgotten."""
@@ -180,10 +182,26 @@ class Dispatcher:
             checker.cancel()
             self.objs.unwatch(watcher)
 
+    def _excuse_stall(self, stalled: float, now_: float) -> None:
+        """This manager could not read anything for ``stalled`` seconds (its event loop or process was
+        held up): that time does not count against any node, so heartbeats still buffered unread cannot
+        make a live node look silent."""
+        log.warning("dispatcher: heartbeat check %.1f s late (this manager stalled); not held against nodes",
+                    stalled)
+        for nid, last in self.last_seen.items():
+            self.last_seen[nid] = min(now_, last + stalled)
+        self._started = min(now_, self._started + stalled)
+
     async def _check_heartbeats(self) -> None:
+        tick = time.monotonic()
         while True:
-            await asyncio.sleep(min(0.25, self.interval / 2))
+            pause = min(0.25, self.interval / 2)
+            await asyncio.sleep(pause)
             now_ = time.monotonic()
+            late = now_ - tick - pause
+            tick = now_
+            if late > self.interval:
+                self._excuse_stall(late, now_)
             for node in self.objs.list("nodes"):
                 nid = node["ID"]
                 if node["Status"].get("State") != "ready":
