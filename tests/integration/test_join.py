@@ -220,3 +220,33 @@ def test_constraint_enforcer_pause_binpack_and_max_per_node(pair, docker_engine)
     err = wait_for(lambda: mgr.docker("service", "ps", "onepernode", "--no-trunc", "--format", "{{.Error}}")
                    .stdout.strip(), 10, what="the pending task's reason")
     assert "max replicas per node limit exceed" in err
+
+
+def test_dispatcher_heartbeat_sets_detection_time(pair):
+    """Heartbeats go every HeartbeatPeriod / 5 (at most 1 s) and 3 silent intervals mark a node down: the
+    default 5 s gives about 3 s, `--dispatcher-heartbeat 1s` about 0.6 s."""
+    mgr, wrk = pair
+    worker_id = json.loads(wrk.docker("info", "--format", "{{json .Swarm}}").stdout)["NodeID"]
+
+    def state() -> str:
+        status, _, node = mgr.request("GET", f"/nodes/{worker_id}")
+        assert status == 200
+        return node["Status"]["State"]
+
+    def time_to_down() -> float:
+        wrk.kill(signal.SIGKILL)  # no more heartbeats (its socket closes too: silence alone decides)
+        t0 = time.monotonic()
+        wait_for(lambda: state() == "down", 15, 0.02, "the worker to be down")
+        took = time.monotonic() - t0
+        wrk.start()
+        wait_for(lambda: state() == "ready", 15, 0.1, "the worker to be ready again")
+        return took
+
+    default = time_to_down()
+    mgr.docker("swarm", "update", "--dispatcher-heartbeat", "1s")
+    assert "Heartbeat Period: 1 second\n" in mgr.docker("info").stdout
+    time.sleep(1.5)  # the agent hears the new interval at once and uses it after its current wait
+    fast = time_to_down()
+    print(f"node down after SIGKILL: {default:.2f} s with the default period, {fast:.2f} s with 1s")
+    assert 1.8 < default < 4.0
+    assert fast < 1.2 and fast < default / 2
