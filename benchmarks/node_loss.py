@@ -3,7 +3,7 @@ to all replicas running on the other hosts — for shoal, then for Docker's own 
 kind of lab hosts (their dockerds form the swarm). Also: `shoal lab up` time, shoald memory per host,
 and whether a loaded (busy) but alive node is ever declared down.
 
-Run: .venv/bin/python benchmarks/node_loss.py [--runs N]
+Run: .venv/bin/python benchmarks/node_loss.py [--runs N]  (exits 1 if a loaded node was ever seen down)
 """
 
 from __future__ import annotations
@@ -146,6 +146,9 @@ def main() -> int:
     print(f"node loss: shoal median {sm:.1f} s, docker swarm median {dm:.1f} s, shoal takes {sm / dm:.0%} "
           f"of Docker's time")
     print(f"false node-down detections while worker1 was CPU-loaded for 20 s: {s['false']}")
+    if s["false"]:
+        print("FAIL: a loaded but alive node was declared down", file=sys.stderr)
+        return 1
     return 0
 
 

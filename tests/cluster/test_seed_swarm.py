@@ -4,7 +4,10 @@ namespace with its own Docker Engine and shoald."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -140,6 +143,48 @@ def test_worker_cannot_manage_and_bad_tokens(lab: Lab) -> None:
              "try: d=s.recv(100)\nexcept OSError: d=b''\nprint(d[:5])")
     cp = lab.exec("worker2", sys.executable, "-c", probe, addr)
     assert "HTTP/" not in cp.stdout
+
+
+def test_loaded_node_is_never_declared_down(lab: Lab) -> None:
+    """worker1's CPUs saturated for 15 s (the lab's hosts share this machine's CPUs, so every daemon feels it)
+    plus a burst of container starts on it: no host is ever seen down, no task moves."""
+    mgr(lab, "service", "create", "--name", "steady", "--replicas=6", WEB)
+
+    def steady_tasks() -> list[str]:
+        return sorted(mgr(lab, "service", "ps", "steady", "--no-trunc", "--format",
+                          "{{.ID}} {{.Node}} {{.DesiredState}}").stdout.splitlines())
+
+    before = steady_tasks()
+    assert len(before) == 6 and all(line.endswith(" Running") for line in before)
+    spin = "for i in 1 2 3 4; do timeout 40 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $!; done"
+    pids = [int(p) for p in lab.exec("worker1", "sh", "-c", spin, check=True).stdout.split()]
+    assert len(pids) == 4
+    seen: list[str] = []
+    polls = 0
+    try:
+        t0 = time.monotonic()
+        burst = False
+        while (elapsed := time.monotonic() - t0) < 15:
+            if not burst and elapsed > 2:
+                mgr(lab, "service", "create", "-d", "--name", "burst", "--replicas=6",
+                    "--constraint", "node.hostname == worker1", WEB)
+                burst = True
+            rows = mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout.splitlines()
+            polls += 1
+            seen += [f"{elapsed:.1f}s {r}" for r in rows if not r.endswith(" Ready")]
+            time.sleep(0.5)
+        assert all(os.path.exists(f"/proc/{p}") for p in pids)  # the load lasted the whole time
+    finally:
+        for p in pids:  # timeout passes SIGTERM on to its busy loop
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+    assert polls >= 10
+    assert seen == []
+    assert steady_tasks() == before  # same tasks on the same nodes: nothing rescheduled
+    wait_for(lambda: placement(lab, "burst")["worker1"] == 6, 60, "the burst's 6 containers on worker1")
+    rows = mgr(lab, "service", "ps", "burst", "--format", "{{.Node}} {{.CurrentState}}").stdout.splitlines()
+    assert len(rows) == 6 and all(r.startswith("worker1 Running") for r in rows)
+    mgr(lab, "service", "rm", "steady", "burst")
 
 
 def test_node_loss_and_return(lab: Lab) -> None:
