@@ -129,20 +129,74 @@ def test_labels_and_constraints(lab: Lab) -> None:
         mgr(lab, "service", "rm", s)
 
 
+PROBE = """import socket, sys
+s = socket.create_connection((sys.argv[1], 2377), timeout=5)
+print("connected", s.getpeername()[0])
+s.sendall(b"GET /nodes HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+try:
+    answer = s.recv(100)
+    print(f"answer {answer[:16].hex()}" if answer else "closed")
+except ConnectionResetError:
+    print("reset")
+except TimeoutError:
+    print("timeout")
+"""
+
+
+def service_names(lab: Lab) -> list[str]:
+    return mgr(lab, "service", "ls", "--format", "{{.Name}}").stdout.split()
+
+
 def test_worker_cannot_manage_and_bad_tokens(lab: Lab) -> None:
+    services = service_names(lab)
     cp = lab.docker("worker1", "service", "create", "--name", "x", WEB, check=False)
     assert cp.returncode != 0 and "Worker nodes can't be used to view or modify cluster state" in cp.stderr
     cp = lab.docker("worker1", "node", "ls", check=False)
     assert cp.returncode != 0 and "not a swarm manager" in cp.stderr
+    assert service_names(lab) == services  # nothing was created
     token = mgr(lab, "swarm", "join-token", "-q", "worker").stdout.strip()
     assert token.startswith("SWMTKN-1-")
-    # a plain client on the cluster port gets no HTTP answer
+
+    # a plain client on the cluster port: the TCP connection is made, then the TLS server refuses the
+    # bytes: it hangs up (or sends a TLS alert, record type 0x15), never an HTTP answer
     addr = lab.host("manager").ip
-    probe = ("import socket,sys; s=socket.create_connection((sys.argv[1],2377),timeout=3); "
-             "s.sendall(b'GET /session HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');\n"
-             "try: d=s.recv(100)\nexcept OSError: d=b''\nprint(d[:5])")
-    cp = lab.exec("worker2", sys.executable, "-c", probe, addr)
-    assert "HTTP/" not in cp.stdout
+    cp = lab.exec("worker2", sys.executable, "-c", PROBE, addr)
+    assert cp.returncode == 0, cp.stderr
+    connected, outcome = cp.stdout.splitlines()
+    assert connected == f"connected {addr}"
+    assert outcome in ("closed", "reset") or outcome.startswith("answer 15"), outcome
+
+    # bad, rotated and wrong-CA tokens from a real lab host: worker2 leaves, tries them, then rejoins
+    old_id = node_ids(lab)["worker2"]
+    w2 = lab.host("worker2")
+    remote = f"{addr}:2377"
+    lab.docker("worker2", "swarm", "leave")
+    wait_for(lambda: "worker2 Down" in mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout,
+             15, "worker2 to be down after leaving")
+    mgr(lab, "node", "rm", "worker2")
+    nodes = sorted(mgr(lab, "node", "ls", "-q").stdout.split())
+    prefix, one, digest, secret = token.split("-")
+    rotated = ""
+    try:
+        def refused(bad: str, message: str) -> None:
+            cp = lab.docker("worker2", "swarm", "join", "--token", bad, "--advertise-addr", w2.ip, remote, check=False)
+            assert cp.returncode != 0 and message in cp.stderr, cp.stderr
+            assert sorted(mgr(lab, "node", "ls", "-q").stdout.split()) == nodes  # nothing changed
+            assert lab.docker("worker2", "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == \
+                "inactive"
+
+        refused(f"{prefix}-{one}-{digest}-{'0' * 25}", "A valid join token is necessary to join this cluster")
+        refused(f"{prefix}-{one}-{'1' * 50}-{secret}", "remote CA does not match fingerprint")
+        rotated = mgr(lab, "swarm", "join-token", "--rotate", "-q", "worker").stdout.strip()
+        assert rotated != token and rotated.startswith(f"{prefix}-{one}-{digest}-")  # same CA, new secret
+        refused(token, "A valid join token is necessary to join this cluster")
+    finally:
+        cp = lab.docker("worker2", "swarm", "join", "--token", rotated or token, "--advertise-addr", w2.ip, remote)
+        assert "This node joined a swarm as a worker." in cp.stdout
+    ids = wait_for(lambda: (i := node_ids(lab)) and len(i) == 3 and i, 15, "three nodes again")
+    assert ids["worker2"] != old_id
+    wait_for(lambda: "worker2 Ready" in mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout,
+             15, "worker2 ready")
 
 
 def test_loaded_node_is_never_declared_down(lab: Lab) -> None:
