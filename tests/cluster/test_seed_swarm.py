@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -292,11 +293,46 @@ def test_bind_mount_missing_on_one_node(lab: Lab) -> None:
 
 
 def test_volumes(lab: Lab) -> None:
+    for h in HOSTS:
+        lab.exec(h, "sh", "-c", "mkdir -p /run/ro-src && echo hello >/run/ro-src/f", check=True)
     mgr(lab, "service", "create", "--name", "vols", "--replicas=3",
         "--mount", "type=volume,source=web-logs,target=/var/log/web",
-        "--mount", "type=volume,target=/anon,volume-nocopy", WEB)
-    for h, n in placement(lab, "vols").items():
-        if n:
-            vols = lab.engine_docker(h, "volume", "ls", "--format", "{{.Name}}").stdout.split()
-            assert "web-logs" in vols and len(vols) >= 2
+        "--mount", "type=volume,target=/anon,volume-nocopy",
+        "--mount", "type=volume,source=ro-vol,target=/ro-vol,readonly",
+        "--mount", "type=bind,source=/run/ro-src,target=/ro-bind,readonly",
+        "--mount", "type=volume,source=tmpvol,target=/tmpvol,volume-driver=local,"
+                   "volume-opt=type=tmpfs,volume-opt=device=tmpfs",
+        "--mount", "type=tmpfs,target=/scratch,tmpfs-size=16m", WEB)
+    counts = placement(lab, "vols")
+    assert counts == Counter({h: 1 for h in HOSTS})
+    for h in HOSTS:
+        def engine(*args: str, check: bool = True, h: str = h):
+            return lab.engine_docker(h, *args, check=check)
+
+        cid = engine("ps", "-q", "--filter", "label=com.docker.swarm.service.name=vols").stdout.strip()
+        inspect = json.loads(engine("inspect", cid).stdout)[0]
+        asked = {m["Target"]: m for m in inspect["HostConfig"]["Mounts"]}
+        made = {m["Destination"]: m for m in inspect["Mounts"]}
+        # read-only volume and bind: writes fail inside the container, reads work
+        assert engine("exec", cid, "touch", "/var/log/web/ok").returncode == 0
+        for target in ("/ro-vol", "/ro-bind"):
+            cp = engine("exec", cid, "touch", f"{target}/x", check=False)
+            assert cp.returncode != 0 and "Read-only file system" in cp.stderr, (h, target, cp.stderr)
+            assert asked[target]["ReadOnly"] is True and made[target]["RW"] is False
+        assert engine("exec", cid, "cat", "/ro-bind/f").stdout == "hello\n"
+        # volume-nocopy, and the anonymous volume: an engine-named volume of its own on this host
+        assert asked["/anon"]["VolumeOptions"]["NoCopy"] is True and not asked["/anon"].get("Source")
+        anon = made["/anon"]
+        assert anon["Type"] == "volume" and re.fullmatch(r"[0-9a-f]{64}", anon["Name"]), anon
+        assert json.loads(engine("volume", "inspect", anon["Name"]).stdout)[0]["Name"] == anon["Name"]
+        assert made["/var/log/web"]["Name"] == "web-logs" and made["/ro-vol"]["Name"] == "ro-vol"
+        # a named volume made with the service's driver and options, on the node that runs the task
+        vol = json.loads(engine("volume", "inspect", "tmpvol").stdout)[0]
+        assert vol["Driver"] == "local" and vol["Options"] == {"type": "tmpfs", "device": "tmpfs"}
+        mounts = engine("exec", cid, "cat", "/proc/mounts").stdout.splitlines()
+        by_target = {line.split()[1]: line.split() for line in mounts}
+        assert by_target["/tmpvol"][2] == "tmpfs"
+        # tmpfs with a size
+        assert by_target["/scratch"][2] == "tmpfs" and "size=16384k" in by_target["/scratch"][3].split(","), \
+            by_target["/scratch"]
     mgr(lab, "service", "rm", "vols")
