@@ -11,6 +11,7 @@ import pytest
 from labtools import module_lab, wait_for
 
 from shoal.lab.lab import Lab
+from shoal.tls import NodeTLS, identity_of
 
 pytestmark = pytest.mark.lab
 
@@ -48,6 +49,16 @@ def engine_containers(lab: Lab, service: str, hosts) -> int:
                                check=False)
         total += len(cp.stdout.split())
     return total
+
+
+def node_id(lab: Lab, via: str, host: str) -> str:
+    return lab.docker(via, "node", "inspect", "--format", "{{.ID}}", host).stdout.strip()
+
+
+def cert_identity(lab: Lab, host: str) -> tuple[str, str]:
+    """(CN, role from the OU) of the host's node certificate, as its shoald keeps it in its data dir."""
+    cn, role, _cluster = identity_of(NodeTLS(lab.host(host).dir / "shoal" / "certificates").cert.read_bytes())
+    return cn, role
 
 
 def test_one_leader_two_reachable_from_any_manager(lab: Lab) -> None:
@@ -150,12 +161,17 @@ def test_promote_and_demote_disturb_no_task(lab: Lab) -> None:
     wait_for(lambda: lab.docker("worker1", "node", "ls", check=False).returncode == 0, 30, "worker1 to serve node ls")
     assert sorted(statuses(lab, "worker1")[m] for m in (*MANAGERS, "worker1")) == \
         ["Leader", "Reachable", "Reachable", "Reachable"]
+    # its certificate now says manager (OU swarm-manager), for the same node ID (CN)
+    w1 = node_id(lab, lead, "worker1")
+    wait_for(lambda: cert_identity(lab, "worker1") == (w1, "manager"), 30, "worker1's manager certificate")
     demoted = next(m for m in MANAGERS if m != lead)
     lab.docker(lead, "node", "demote", demoted)
     wait_for(lambda: statuses(lab, lead).get(demoted) == "", 60, f"{demoted} to be a worker")
     cp = wait_for(lambda: (c := lab.docker(demoted, "node", "ls", check=False)).returncode != 0 and c, 30,
                   f"{demoted} to stop serving manager calls")
     assert "This node is not a swarm manager" in cp.stderr
+    d_id = node_id(lab, lead, demoted)
+    wait_for(lambda: cert_identity(lab, demoted) == (d_id, "worker"), 30, f"{demoted}'s worker certificate")
     lab.docker(lead, "service", "update", "-d", "--label-add", "after=promote", "steady")
     time.sleep(3)
     assert container_ids(lab, "steady") == before

@@ -87,6 +87,32 @@ def test_images_loaded_everywhere(lab: Lab) -> None:
             lab.engine_docker(h, "image", "inspect", "--format", "{{.Id}}", image)
 
 
+def test_lab_load(lab: Lab, tmp_path: Path) -> None:
+    """`shoal lab load IMAGE...`: images from the machine's engine, or tar files, appear on every host."""
+    machine = ["docker", "-H", "unix:///var/run/docker.sock"]
+    from_engine, from_tar = "shoal/lab-load-probe:engine", "shoal/lab-load-probe:tar"
+    tar = tmp_path / "probe.tar"
+    for tag in (from_engine, from_tar):
+        subprocess.run([*machine, "tag", IMAGES[1], tag], check=True, capture_output=True)
+    try:
+        image_id = subprocess.run([*machine, "image", "inspect", "--format", "{{.Id}}", from_engine], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        subprocess.run([*machine, "save", "-o", str(tar), from_tar], check=True, capture_output=True)
+        for h in lab.hosts:
+            assert lab.engine_docker(h, "image", "inspect", from_engine, check=False).returncode != 0
+        cp = shoal_cli("lab", "load", from_engine, str(tar))
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.startswith(f"loaded {from_engine}, {tar} into manager, worker1, worker2 in "), cp.stdout
+        for h in lab.hosts:
+            for tag in (from_engine, from_tar):
+                assert lab.engine_docker(h, "image", "inspect", "--format", "{{.Id}}", tag).stdout.strip() == image_id
+            lab.engine_docker(h, "rmi", from_engine, from_tar)
+        cp = shoal_cli("lab", "load", "shoal/no-such-image:nope")
+        assert cp.returncode == 1 and "shoal/no-such-image:nope not found on the machine's engine" in cp.stderr
+    finally:
+        subprocess.run([*machine, "rmi", from_engine, from_tar], capture_output=True)
+
+
 def test_shoald_answers_on_each_host(lab: Lab) -> None:
     for h in lab.hosts:
         assert ping_socket(h.shoal_sock)

@@ -15,9 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from labtools import module_lab, wait_for
 
 from shoal.lab.lab import Lab
+from shoal.tls import NodeTLS, identity_of
 
 pytestmark = pytest.mark.lab
 
@@ -72,6 +75,39 @@ def test_node_ls_like_the_seed(lab: Lab) -> None:
         assert "Ready" in rows[h] and "Active" in rows[h]
 
 
+def node_tls(lab: Lab, host: str) -> NodeTLS:
+    return NodeTLS(lab.host(host).dir / "shoal" / "certificates")  # under the host's shoald --data-dir
+
+
+def test_node_certificates_and_description(lab: Lab) -> None:
+    ids = node_ids(lab)
+    cluster_id = mgr(lab, "info", "--format", "{{.Swarm.Cluster.ID}}").stdout.strip()
+    root = node_tls(lab, "manager").ca.read_bytes()
+    for h, role in (("manager", "manager"), ("worker1", "worker"), ("worker2", "worker")):
+        tls = node_tls(lab, h)
+        pem = tls.cert.read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == ids[h]
+        assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == f"swarm-{role}"
+        assert identity_of(pem) == (ids[h], role, cluster_id)
+        assert tls.ca.read_bytes() == root  # every node trusts the one cluster CA, which signed its certificate
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root))
+    # what `docker node inspect` shows is what each host's engine reports
+    for node in json.loads(mgr(lab, "node", "inspect", *HOSTS).stdout):
+        desc = node["Description"]
+        info = json.loads(lab.engine_docker(desc["Hostname"], "info", "--format", "{{json .}}").stdout)
+        assert desc["Platform"] == {"OS": info["OSType"], "Architecture": info["Architecture"]} == \
+            {"OS": "linux", "Architecture": os.uname().machine}
+        assert desc["Resources"]["MemoryBytes"] == info["MemTotal"] > 0
+        assert desc["Resources"]["NanoCPUs"] == info["NCPU"] * 10**9 == os.cpu_count() * 10**9
+        assert desc["Engine"]["EngineVersion"] == info["ServerVersion"]
+        assert "Labels" not in desc["Engine"]  # none yet: omitted, as Docker does
+    pretty = mgr(lab, "node", "inspect", "--pretty", "worker1").stdout
+    assert re.search(r"Operating System:\s+linux\n", pretty) and re.search(rf"Architecture:\s+{os.uname().machine}\n",
+                                                                          pretty)
+    assert re.search(rf"CPUs:\s+{os.cpu_count()}\n", pretty) and re.search(r"Memory:\s+[\d.]+\s?GiB\n", pretty)
+
+
 def test_spread_over_three_hosts(lab: Lab) -> None:
     mgr(lab, "service", "create", "--name", "test-app", "--replicas=4", WEB)
     counts = wait_for(lambda: (c := placement(lab, "test-app")) and sum(c.values()) == 4 and c, 20,
@@ -105,6 +141,26 @@ def test_drain_active_pause(lab: Lab) -> None:
     mgr(lab, "service", "rm", "test-app")
 
 
+def test_drain_the_manager(lab: Lab) -> None:
+    mgr(lab, "service", "create", "--name", "onmgr", "--replicas=3", WEB)
+    assert placement(lab, "onmgr")["manager"] >= 1
+    mgr(lab, "node", "update", "--availability", "drain", "manager")
+    try:
+        wait_for(lambda: placement(lab, "onmgr")["manager"] == 0 and len(running_tasks(lab, "onmgr")) == 3,
+                 20, "the manager's tasks to move to the workers")
+        assert sum(placement(lab, "onmgr").values()) == 3
+        # a drained manager still manages
+        rows = mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Availability}} {{.ManagerStatus}}").stdout
+        assert "manager Drain Leader" in rows.splitlines()
+    finally:
+        mgr(lab, "node", "update", "--availability", "active", "manager")
+    assert "manager Active Leader" in mgr(lab, "node", "ls", "--format",
+                                          "{{.Hostname}} {{.Availability}} {{.ManagerStatus}}").stdout
+    mgr(lab, "service", "scale", "onmgr=6")
+    assert placement(lab, "onmgr")["manager"] >= 1  # it takes new tasks again
+    mgr(lab, "service", "rm", "onmgr")
+
+
 def test_labels_and_constraints(lab: Lab) -> None:
     ids = node_ids(lab)
     mgr(lab, "node", "update", "--label-add", "storage=hdd", "worker1")
@@ -128,6 +184,22 @@ def test_labels_and_constraints(lab: Lab) -> None:
     wait_for(lambda: placement(lab, "nvme")["manager"] == 2, 20, "nvme tasks on the manager")
     for s in ("hdd", "onw2", "nvme"):
         mgr(lab, "service", "rm", s)
+
+
+def test_placement_preference_spreads_over_label_values(lab: Lab) -> None:
+    for host, value in (("manager", "hdd"), ("worker1", "hdd"), ("worker2", "ssd")):
+        mgr(lab, "node", "update", "--label-add", f"storage={value}", host)
+    mgr(lab, "service", "create", "--name", "pref", "--replicas=6", "--placement-pref", "spread=node.labels.storage",
+        WEB)
+    counts = placement(lab, "pref")
+    # half per label value (not a third per node): worker2 alone holds "ssd"
+    assert counts["worker2"] == 3 and counts["manager"] + counts["worker1"] == 3
+    assert counts["manager"] >= 1 and counts["worker1"] >= 1
+    pref = json.loads(mgr(lab, "service", "inspect", "--format", "{{json .Spec.TaskTemplate.Placement}}",
+                          "pref").stdout)
+    assert pref["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.labels.storage"}}]
+    mgr(lab, "service", "rm", "pref")
+    mgr(lab, "node", "update", "--label-rm", "storage", "manager")
 
 
 PROBE = """import socket, sys
@@ -253,6 +325,8 @@ def test_node_loss_and_return(lab: Lab) -> None:
     print(f"node loss: all 6 replicas running elsewhere {took:.1f}s after the kill", file=sys.stderr)
     status = mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout
     assert "worker2 Down" in status
+    # the machine comes back with an engine label in its daemon.json (checked in test_engine_labels)
+    (lab.host("worker2").dir / "daemon.json").write_text(json.dumps({"labels": ["disk=ssd"]}))
     lab.start("worker2")
     wait_for(lambda: "worker2 Ready" in mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout,
              30, "worker2 back")
@@ -267,6 +341,20 @@ def test_node_loss_and_return(lab: Lab) -> None:
     time.sleep(2)
     assert sum(placement(lab, "resilient").values()) == 6
     mgr(lab, "service", "rm", "resilient")
+
+
+def test_engine_labels(lab: Lab) -> None:
+    """worker2's engine came back with the label disk=ssd: `docker node inspect` shows it and
+    `engine.labels.*` constraints use it."""
+    assert lab.engine_docker("worker2", "info", "--format", "{{json .Labels}}").stdout.strip() == '["disk=ssd"]'
+    nodes = {n["Description"]["Hostname"]: n for n in json.loads(mgr(lab, "node", "inspect", *HOSTS).stdout)}
+    assert nodes["worker2"]["Description"]["Engine"]["Labels"] == {"disk": "ssd"}
+    assert "Labels" not in nodes["worker1"]["Description"]["Engine"]
+    assert "disk=ssd" in mgr(lab, "node", "inspect", "--pretty", "worker2").stdout
+    mgr(lab, "service", "create", "--name", "ssdonly", "--replicas=3", "--constraint", "engine.labels.disk == ssd",
+        WEB)
+    assert placement(lab, "ssdonly") == Counter({"worker2": 3, "manager": 0, "worker1": 0})
+    mgr(lab, "service", "rm", "ssdonly")
 
 
 def test_bind_mount_missing_on_one_node(lab: Lab) -> None:
