@@ -236,6 +236,7 @@ def test_worker_cannot_manage_and_bad_tokens(lab: Lab) -> None:
     cp = lab.exec("worker2", sys.executable, "-c", PROBE, addr)
     assert cp.returncode == 0, cp.stderr
     connected, outcome = cp.stdout.splitlines()
+    print(f"plain client on 2377: {connected}, then {outcome}", file=sys.stderr)
     assert connected == f"connected {addr}"
     assert outcome in ("closed", "reset") or outcome.startswith("answer 15"), outcome
 
@@ -305,6 +306,7 @@ def test_loaded_node_is_never_declared_down(lab: Lab) -> None:
         for p in pids:  # timeout passes SIGTERM on to its busy loop
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGTERM)
+    print(f"loaded worker1: {polls} polls of docker node ls in 15 s, never Down", file=sys.stderr)
     assert polls >= 10
     assert seen == []
     assert steady_tasks() == before  # same tasks on the same nodes: nothing rescheduled
