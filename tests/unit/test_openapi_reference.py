@@ -26,8 +26,9 @@ EXTRA_STATUS = {  # status codes Docker's daemon gives that the swagger does not
     "POST /services/create": {"404", "501"},
     "POST /services/{id}/update": {"409", "501"},
     "DELETE /services/{id}": {"400"},
+    "GET /services/{id}": {"400"},  # an ambiguous ID prefix (moby: InvalidParameter)
     "DELETE /nodes/{id}": {"400"},
-    "GET /nodes": {"400"}, "GET /services": {"400"}, "GET /tasks": {"400"}, "GET /networks": {"400"},
+    "GET /nodes": {"400"}, "GET /services": {"400"}, "GET /tasks": {"400", "404"}, "GET /networks": {"400"},
     "DELETE /networks/{id}": {"400", "409"},
     "GET /networks/{id}": {"400"},
     "POST /networks/create": {"409", "503"},
