@@ -6,6 +6,7 @@ import json
 from urllib.parse import quote
 
 import pytest
+from conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +117,22 @@ def test_stale_version_is_400_and_changes_nothing(shoald):
     shoald.request("DELETE", "/services/versioned")
 
 
+def test_stale_node_version_is_400_and_changes_nothing(shoald):
+    _, _, [node] = shoald.request("GET", "/nodes")
+    version, spec = node["Version"]["Index"], node["Spec"]
+    newer = {**spec, "Labels": {"stale": "no"}}
+    assert shoald.request("POST", f"/nodes/{node['ID']}/update?version={version}", newer)[0] == 200
+    stale = {**spec, "Labels": {"stale": "yes"}, "Availability": "drain"}
+    _assert_error(shoald.request("POST", f"/nodes/{node['ID']}/update?version={version}", stale), 400,
+                  "update out of sequence")
+    _, _, after = shoald.request("GET", f"/nodes/{node['ID']}")
+    assert after["Spec"]["Labels"] == {"stale": "no"} and after["Spec"]["Availability"] == "active"
+    assert after["Version"]["Index"] > version
+    cp = shoald.docker("node", "inspect", "self", "--format", "{{json .Spec.Labels}} {{.Spec.Availability}}")
+    assert cp.stdout.strip() == '{"stale":"no"} active'
+    assert shoald.request("POST", f"/nodes/{node['ID']}/update?version={after['Version']['Index']}", spec)[0] == 200
+
+
 def test_inspect_insert_defaults_and_resolution(shoald):
     status, _, body = shoald.request("POST", "/services/create", _spec(Name="defaults"))
     sid = body["ID"]
@@ -143,8 +160,12 @@ def test_filters(shoald):
     _, _, body = shoald.request("GET", "/services?filters=" + q({"name": ["filt-"]}))
     assert sorted(s["Spec"]["Name"] for s in body) == ["filt-a", "filt-b"]
     _assert_error(shoald.request("GET", "/services?filters=" + q({"bogus": ["x"]})), 400, "bogus")
-    _, _, body = shoald.request("GET", "/tasks?filters=" + q({"service": ["filt-a"],
-                                                                       "desired-state": ["running"]}))
-    assert all(t["DesiredState"] in ("running", "ready") for t in body)
+    running = "/tasks?filters=" + q({"service": ["filt-a"], "desired-state": ["running"]})
+    body = wait_for(lambda: shoald.request("GET", running)[2], 30, what="filt-a's task")
+    assert len(body) == 1 and body[0]["DesiredState"] == "running"
+    _, _, filt_a = shoald.request("GET", "/services/filt-a")
+    assert body[0]["ServiceID"] == filt_a["ID"]
+    shut = "/tasks?filters=" + q({"service": ["filt-a"], "desired-state": ["shutdown"]})
+    assert shoald.request("GET", shut)[2] == []
     for name in ("filt-a", "filt-b"):
         shoald.request("DELETE", f"/services/{name}")
