@@ -57,11 +57,12 @@ def deadline(seconds: float) -> Callable:
 
 # ---- objects shaped as shoald makes them ------------------------------------------------------
 
-def make_cluster(retention: int = 5) -> dict:
-    """The cluster object of ``Daemon.init_swarm``."""
+def make_cluster(retention: int | None = 5) -> dict:
+    """The cluster object of ``Daemon.init_swarm`` (``retention`` None: the daemon's default spec as is)."""
     ts = now()
     spec = default_cluster_spec()
-    spec["Orchestration"]["TaskHistoryRetentionLimit"] = retention
+    if retention is not None:
+        spec["Orchestration"]["TaskHistoryRetentionLimit"] = retention
     return {
         "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
         "TLSInfo": {"TrustRoot": "", "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
@@ -231,7 +232,7 @@ class SimAgent:
 class Swarm:
     """One manager's worth of control plane plus a simulated agent per node."""
 
-    def __init__(self, store: Any = None, retention: int = 5) -> None:
+    def __init__(self, store: Any = None, retention: int | None = 5) -> None:
         self.store = store if store is not None else MemoryStore()
         self.objs = ProbedObjects(self.store)
         self.retention = retention
@@ -373,7 +374,7 @@ class _ErrorLog(logging.Handler):
 
 
 @contextlib.asynccontextmanager
-async def running_swarm(nodes: int = 3, *, retention: int = 5, store: Any = None) -> Any:
+async def running_swarm(nodes: int = 3, *, retention: int | None = 5, store: Any = None) -> Any:
     """A started swarm; on exit the controllers must not have logged an error (a crash in reconcile)."""
     handler = _ErrorLog()
     logging.getLogger("shoal").addHandler(handler)
@@ -473,6 +474,40 @@ async def test_scale_down_removes_and_scale_up_adds_slots() -> None:
         assert not dup, dup[:3]
 
 
+@deadline(10)
+async def test_scale_down_removes_non_running_tasks_first() -> None:
+    """A slot whose task is not running (here: its replacement waits out the restart delay) goes before
+    any running one, even one on the node with the most tasks of the service."""
+    async with running_swarm(3) as h:
+        sid = await h.create_service(service_spec("web", 4, restart={"Delay": 3 * SECOND}))
+        await h.until(lambda: len(h.running(sid)) == 4, "4 running tasks", sid=sid)
+        per_node = Counter(t["NodeID"] for t in h.tasks(sid))
+        assert sorted(per_node.values()) == [1, 1, 2], per_node
+        victim = next(t for t in h.tasks(sid) if per_node[t["NodeID"]] == 1)
+        h.agent_of(victim).end(victim["ID"], exit_code=1)
+
+        def waiting_replacement() -> dict | None:
+            return next((t for t in h.tasks(sid) if t["Slot"] == victim["Slot"] and t["ID"] != victim["ID"]
+                         and t["Status"]["State"] == states.READY), None)
+
+        await h.until(waiting_replacement, "a replacement prepared, waiting out the restart delay", sid=sid)
+        replacement = waiting_replacement()
+        assert replacement["DesiredState"] == states.READY
+        keep = {t["ID"] for t in h.running(sid)}
+        assert len(keep) == 3
+
+        await h.scale(sid, 3)
+        await h.until(lambda: not [t for t in h.objs.tasks_of_service(sid) if t["Slot"] == victim["Slot"]
+                                   and states.before(t["DesiredState"], states.SHUTDOWN)],
+                      "the non-running slot removed", sid=sid)
+        await asyncio.sleep(0.3)
+        assert {t["ID"] for t in h.running(sid)} == keep, h.dump(sid)
+        assert victim["Slot"] not in slots(h.running(sid))
+        assert h.objs.deleted.get(replacement["ID"], h.objs.get("tasks", replacement["ID"]))["DesiredState"] == (
+            states.REMOVE)
+        assert Counter(t["NodeID"] for t in h.running(sid)) == per_node - Counter([victim["NodeID"]])
+
+
 # ---- restart policies --------------------------------------------------------------------------
 
 @deadline(10)
@@ -555,6 +590,39 @@ async def test_max_attempts_bounds_the_restarts() -> None:
 
 
 @deadline(10)
+async def test_max_attempts_counts_only_restarts_within_the_window() -> None:
+    """MaxAttempts 2 within a 0.5 s Window: failures further apart than the window are always restarted
+    (here 3, more than MaxAttempts); failures in quick succession stop after 2 restarts."""
+    async with running_swarm(3) as h:
+        window = 500 * MS
+        sid = await h.create_service(service_spec("flaky", 1, restart={"MaxAttempts": 2, "Window": window,
+                                                                       "Delay": 20 * MS}))
+        ever: set[str] = set()
+
+        def probe(kind: str, oid: str, obj: dict | None) -> None:
+            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
+                ever.add(oid)
+
+        h.objs.probes.append(probe)
+        await h.until(lambda: len(h.running(sid)) == 1, "1 running task", sid=sid)
+        for n in range(3):  # spaced failures: each restart is alone in its window
+            await asyncio.sleep(window / 1e9 + 0.1)
+            [t] = h.running(sid)
+            h.agent_of(t).end(t["ID"], exit_code=1)
+            await h.until(lambda old=t["ID"]: h.running(sid) and h.running(sid)[0]["ID"] != old,
+                          f"restart {n + 1}", sid=sid)
+        assert len(ever) == 4, h.dump(sid)
+
+        await asyncio.sleep(window / 1e9 + 0.1)
+        h.crash[sid] = 100  # now every task fails as soon as it runs
+        await h.until(lambda: not h.running(sid) and len(ever) == 6 and all(
+            states.terminal(t["Status"]["State"]) for t in h.tasks(sid)), "2 quick restarts, then none", sid=sid)
+        await asyncio.sleep(0.2)  # still within the window of the last restart
+        assert len(ever) == 6, h.dump(sid)
+        assert not [t for t in h.tasks(sid) if states.before(t["DesiredState"], states.SHUTDOWN)], h.dump(sid)
+
+
+@deadline(10)
 async def test_max_attempts_holds_beyond_the_history_retention_limit() -> None:
     async with running_swarm(3, retention=2) as h:
         sid = await h.create_service(service_spec("flaky", 1, restart={"MaxAttempts": 3, "Delay": 30 * MS}))
@@ -596,6 +664,42 @@ async def test_task_history_retention_limit_bounds_each_slot() -> None:
         for tid in ever - {t["ID"] for t in h.tasks(sid)}:
             last = h.objs.deleted[tid]
             assert last["Status"]["State"] == states.FAILED and last["DesiredState"] == states.SHUTDOWN
+
+
+@deadline(10)
+async def test_default_task_history_retention_is_five_per_slot() -> None:
+    """The daemon's default cluster spec keeps 5 tasks per slot (the running one and 4 before it); a cluster
+    spec without the field gets the same from the reaper."""
+    assert default_cluster_spec()["Orchestration"]["TaskHistoryRetentionLimit"] == 5
+    async with running_swarm(3, retention=None) as h:
+        sid = await h.create_service(service_spec("flaky", 1, restart={"Delay": 20 * MS}))
+        ever: set[str] = set()
+
+        def probe(kind: str, oid: str, obj: dict | None) -> None:
+            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
+                ever.add(oid)
+
+        h.objs.probes.append(probe)
+        h.crash[sid] = 8  # eight failures, then the task stays up
+        await h.until(lambda: len(h.running(sid)) == 1 and len(ever) == 9, "recovery after 8 failures", sid=sid)
+        await h.until(lambda: len(h.objs.tasks_of_service(sid)) == 5, "the slot trimmed to 5", timeout=2, sid=sid)
+        await asyncio.sleep(0.3)
+        tasks = h.tasks(sid)
+        assert len(tasks) == 5 and len(ever) == 9, h.dump(sid)
+        newest = max(tasks, key=lambda t: t["CreatedAt"])
+        assert h.running(sid) == [newest]
+        for t in tasks:  # the 4 most recent failures are kept, the 4 oldest reaped
+            if t is not newest:
+                assert t["Status"]["State"] == states.FAILED and t["DesiredState"] == states.SHUTDOWN
+        reaped = ever - {t["ID"] for t in tasks}
+        assert len(reaped) == 4 and all(h.objs.deleted[tid]["Status"]["State"] == states.FAILED for tid in reaped)
+        assert max(h.objs.deleted[tid]["CreatedAt"] for tid in reaped) <= min(t["CreatedAt"] for t in tasks)
+
+        [cluster] = h.objs.list("clusters")
+        await h.objs.modify("clusters", cluster["ID"],
+                            lambda c: c["Spec"]["Orchestration"].pop("TaskHistoryRetentionLimit"))
+        assert "TaskHistoryRetentionLimit" not in h.objs.list("clusters")[0]["Spec"]["Orchestration"]
+        assert Reaper(h.objs).history_limit() == 5
 
 
 # ---- rolling update -----------------------------------------------------------------------------
