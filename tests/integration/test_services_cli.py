@@ -3,9 +3,14 @@ their count, scaled, updated and removed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
@@ -27,9 +32,38 @@ def _tasks(shoald, service: str) -> list[dict]:
     return body
 
 
+def _docker_tty(shoald, *args: str, timeout: float = 120) -> str:
+    """Run the v28 CLI on a terminal, as a user does (the CLI draws its progress bars only on one); the
+    output without terminal control sequences."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {**os.environ, "DOCKER_HOST": shoald.host, "TERM": "xterm"}
+    proc = subprocess.Popen([DOCKER_V28, *args], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the CLI exited and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(max(1.0, deadline - time.time())) == 0, b"".join(chunks).decode(errors="replace")
+    text = b"".join(chunks).decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def test_create_four_replicas(shoald, docker_engine):
-    cp = shoald.docker("service", "create", "--name", "web4", "--replicas", "4", IMAGE)
-    assert re.search(r"verify: Service \S+ converged", cp.stdout)
+    out = _docker_tty(shoald, "service", "create", "--name", "web4", "--replicas", "4", IMAGE)
+    lines = {part.strip() for part in re.split(r"[\r\n]+", out)}
+    assert "overall progress: 4 out of 4 tasks" in lines, out
+    for i in range(1, 5):  # each task's bar drawn in full
+        assert f"{i}/4: running   [{'=' * 50}>]" in lines, out
+    assert re.search(r"^verify: Service \S+ converged$", out.strip().splitlines()[-1].strip()), out
     ls = shoald.docker("service", "ls", "--format", "{{.Name}} {{.Replicas}} {{.Mode}}").stdout
     assert "web4 4/4 replicated" in ls
     rows = _ps(shoald, "web4")
@@ -72,6 +106,19 @@ def test_killed_container_is_replaced_in_its_slot(shoald, docker_engine):
     new = wait_for(replaced, 1 + 2 + 5, interval=0.1, what="a new task in the same slot")
     assert time.time() - killed_at < 1 + 2 + 1  # restart delay + 2 s (+1 s polling slack)
     assert new.name != victim.name
+    # the task reports the container it runs in: its ID and the PID the engine gives
+    new_task_id = new.labels["com.docker.swarm.task.id"]
+
+    def running_task() -> dict | None:
+        _, _, task = shoald.request("GET", f"/tasks/{new_task_id}")
+        return task if task["Status"]["State"] == "running" else None
+
+    task = wait_for(running_task, 10, what="the new task running")
+    new.reload()
+    assert new.attrs["State"]["Running"] and new.attrs["State"]["Pid"] > 0
+    assert task["Status"]["ContainerStatus"]["PID"] == new.attrs["State"]["Pid"]
+    assert task["Status"]["ContainerStatus"]["ContainerID"] == new.id
+    assert task["Slot"] == int(slot)
     rows = _ps(shoald, "phoenix")
     old = [r for r in rows if r["ID"] == victim.labels["com.docker.swarm.task.id"]]
     assert old and old[0]["CurrentState"].startswith("Failed") and old[0]["DesiredState"] == "Shutdown"
@@ -82,11 +129,20 @@ def test_default_restart_delay_is_five_seconds(shoald, docker_engine):
     shoald.docker("service", "create", "-d", "--name", "slowphoenix", IMAGE)
     wait_for(lambda: len(running_containers(docker_engine, "slowphoenix")) == 1, 30)
     victim = running_containers(docker_engine, "slowphoenix")[0]
+    killed_at = time.time()
     victim.kill()
     time.sleep(3)
     assert running_containers(docker_engine, "slowphoenix") == []
-    wait_for(lambda: len(running_containers(docker_engine, "slowphoenix")) == 1, 5 + 2, interval=0.1,
-             what="restart after the 5 s default delay")
+
+    def replacement_running() -> dict | None:
+        rows = [r for r in _ps(shoald, "slowphoenix") if r["DesiredState"] == "Running"]
+        return rows[0] if rows and rows[0]["CurrentState"].startswith("Running") else None
+
+    row = wait_for(replacement_running, 5 + 2 + 1, interval=0.1, what="the replacement running")
+    elapsed = time.time() - killed_at
+    assert 5 <= elapsed <= 5 + 2, f"kill → new task running took {elapsed:.1f} s"  # restart delay + 2 s
+    assert row["ID"] != victim.labels["com.docker.swarm.task.id"]
+    assert len(running_containers(docker_engine, "slowphoenix")) == 1
 
 
 def test_scale_update_and_remove(shoald, docker_engine):
