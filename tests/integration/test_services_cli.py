@@ -248,7 +248,13 @@ def test_image_that_cannot_be_pulled_is_rejected(shoald):
         return [r for r in _ps(shoald, "noimage") if r["CurrentState"].startswith("Rejected")]
 
     rows = wait_for(rejected, 60, what="a rejected task")
-    assert "shoal/does-not-exist:1" in rows[0]["Error"]
+    # as Docker: the failed pull is only logged, the container create then fails with the engine's error
+    assert rows[0]["Error"] == '"No such image: shoal/does-not-exist:1"', rows[0]
+    _, _, task = shoald.request("GET", f"/tasks/{rows[0]['ID']}")
+    status = task["Status"]
+    assert (status["State"], status["Message"], status["Err"]) == (
+        "rejected", "preparing", "No such image: shoal/does-not-exist:1"), status
+    assert "ContainerStatus" not in status or not status["ContainerStatus"].get("ContainerID"), status
     shoald.docker("service", "rm", "noimage")
 
 

@@ -91,9 +91,11 @@ class TaskRunner:
             await self._wake.wait()
 
     async def _fail(self, err: str) -> None:
+        """As swarmkit's agent: rejected before running, failed after, keeping the message of the state the
+        error happened in (a task whose image is missing shows ``preparing`` with the engine's error)."""
         state = states.REJECTED if states.before(self.observed, states.RUNNING) else states.FAILED
         if not states.terminal(self.observed):
-            await self.report(state, err=err)
+            await self.report(state, message=states.MESSAGES[self.observed], err=err)
 
     async def _step(self) -> None:
         desired = self.task["DesiredState"]
@@ -151,8 +153,10 @@ class TaskRunner:
     async def _prepare(self) -> str:
         image = self.task["Spec"]["ContainerSpec"]["Image"]
         if not await self.ex.image_present(image):
-            with contextlib.suppress(ExecutorError):
+            try:
                 await self.ex.pull(image)
+            except ExecutorError as e:  # as Docker: logged; the create below reports the missing image
+                log.warning("task %s: pulling image %s failed: %s", self.task["ID"], image, e)
         mounts = self._files()
         if self.network is None:
             return await self.ex.create(self.task, self.node_id, {"HostConfig": {"Mounts": mounts}} if mounts else None)
