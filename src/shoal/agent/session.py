@@ -2,7 +2,9 @@
 
 Assignments arrive as a full list on (re)connect and as changes after; status reports are queued
 (latest per task), sent, and kept until acknowledged, so none is lost across reconnects. Heartbeats
-go at the interval the manager asks for.
+go at the interval the manager asks for. The node describes itself (hostname, platform, resources,
+engine) when a session opens and again every ``DESCRIBE_PERIOD`` seconds; the manager hears the new
+description only when it changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import aiohttp
 from shoal.model import states
 
 log = logging.getLogger(__name__)
+
+DESCRIBE_PERIOD = 20.0  # how often the node describes itself again (swarmkit's nodeUpdatePeriod)
 
 
 class SessionRejected(Exception):
@@ -50,6 +54,9 @@ class RemoteSession:
         self.deps: dict[str, dict[str, dict]] = {"secrets": {}, "configs": {}}
         self.current = ""  # the manager (the leader) this session is with
         self.on_role: Callable[[str, str], None] | None = None  # (role, leader address): promoted/demoted
+        self.describe_period = DESCRIBE_PERIOD
+        self._described: dict | None = None  # the description the manager has (as far as we know)
+        self._unsent_description: dict | None = None  # a changed description waiting for the sender
 
     # -- the Session protocol the Agent uses -------------------------------------------------------
     def assigned(self) -> list[dict]:
@@ -123,8 +130,10 @@ class RemoteSession:
                 await self._serve(ws)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        await ws.send_str(json.dumps({"type": "hello", "description": await self.describe(),
-                                      "addr": self.addr}))
+        description = await self.describe()
+        self._unsent_description = None
+        await ws.send_str(json.dumps({"type": "hello", "description": description, "addr": self.addr}))
+        self._described = description
         welcome = await ws.receive_json(timeout=10)
         if welcome.get("type") == "error":
             raise SessionRejected(welcome.get("message", "refused"))
@@ -137,6 +146,7 @@ class RemoteSession:
         for tid in list(self._pending):
             self._outbox.put_nowait({"id": tid})
         sender = asyncio.create_task(self._send_loop(ws))
+        describer = asyncio.create_task(self._describe_loop())
         try:
             while True:
                 # every heartbeat is answered: silence means the manager (or the way to it) is gone
@@ -145,9 +155,23 @@ class RemoteSession:
                     break
                 self._on_message(json.loads(msg.data))
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            for t in (sender, describer):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _describe_loop(self) -> None:
+        """Describe this node again every ``describe_period``; queue the description when it changed."""
+        while True:
+            await asyncio.sleep(self.describe_period)
+            try:
+                description = await self.describe()
+            except Exception as e:  # e.g. the engine is restarting: try again next period
+                log.info("describing this node failed: %s", e)
+                continue
+            if description != self._described and description != self._unsent_description:
+                self._unsent_description = description
+                self._outbox.put_nowait({"describe": True})
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -155,6 +179,12 @@ class RemoteSession:
                 item = await asyncio.wait_for(self._outbox.get(), self.interval)
             except TimeoutError:
                 await ws.send_str('{"type":"heartbeat"}')
+                continue
+            if "describe" in item:
+                description, self._unsent_description = self._unsent_description, None
+                if description is not None and description != self._described:
+                    self._described = description
+                    await ws.send_str(json.dumps({"type": "description", "description": description}))
                 continue
             tid = item["id"]
             status = self._pending.get(tid)
@@ -190,6 +220,8 @@ class RemoteSession:
         elif kind == "role":
             if self.on_role is not None:
                 self.on_role(msg.get("role", ""), self.current)
+        elif kind == "describe-again":  # the manager could not store our description: send it next period
+            self._described = None
         elif kind == "config":
             self.interval = float(msg.get("heartbeat", self.interval))
         elif kind == "ack":

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from shoal.manager.secrets import Sealer, needed, payload
 from shoal.model import states
+from shoal.model.errors import OutOfSequence
 from shoal.model.ids import now
 from shoal.store.base import StoreError
 from shoal.store.objects import Objects
@@ -244,6 +245,22 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             await self.objs.modify("nodes", node_id, apply)
 
+    async def update_description(self, node_id: str, description: dict) -> bool:
+        """Store a node's new description (its agent described itself again); no write when it is the
+        same. True if written."""
+        written = False
+
+        def apply(node: dict) -> bool:
+            nonlocal written
+            written = node.get("Description") != description
+            if written:
+                node["Description"] = description
+                node["UpdatedAt"] = now()
+            return written
+
+        await self.objs.modify("nodes", node_id, apply)
+        return written
+
     async def tell_role(self, s: AgentSession) -> None:
         """Tell a node whose desired role differs from its certificate's to change role (a demoted
         manager once its etcd member is gone)."""
@@ -347,3 +364,8 @@ class Dispatcher:
             await s.send({"type": "ack", "seq": msg.get("seq")})
         elif kind == "hello":
             await self.set_node_state(s.node_id, "ready", description=msg.get("description"))
+        elif kind == "description" and isinstance(msg.get("description"), dict):
+            try:
+                await self.update_description(s.node_id, msg["description"])
+            except (StoreError, OutOfSequence):  # the agent sends it again next period
+                await s.send({"type": "describe-again"})
