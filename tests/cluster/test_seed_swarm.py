@@ -359,6 +359,33 @@ def test_engine_labels(lab: Lab) -> None:
     mgr(lab, "service", "rm", "ssdonly")
 
 
+def test_engine_labels_follow_a_dockerd_reload(lab: Lab) -> None:
+    """worker1's daemon.json gets an engine label and its dockerd reloads it (SIGHUP), shoald left alone:
+    within the describe period (20 s, as swarmkit's agent) `docker node inspect` shows the label, without
+    a reconnect, and a service waiting for `engine.labels.disk == nvme` gets its tasks there."""
+    w1 = lab.host("worker1")
+    mgr(lab, "service", "create", "-d", "--name", "nvmeonly", "--replicas=2", "--constraint",
+        "engine.labels.disk == nvme", WEB)
+    (w1.dir / "daemon.json").write_text(json.dumps({"labels": ["disk=nvme"]}))
+    lab.exec(w1, "sh", "-c", "kill -HUP $(cat /run/docker.pid)", check=True)
+    wait_for(lambda: lab.engine_docker(w1, "info", "--format", "{{json .Labels}}").stdout.strip() == '["disk=nvme"]',
+             10, "worker1's dockerd to reload its labels")
+    t0 = time.monotonic()
+
+    def labels() -> dict:
+        return json.loads(mgr(lab, "node", "inspect", "--format", "{{json .Description.Engine.Labels}}",
+                              "worker1").stdout)
+
+    wait_for(lambda: labels() == {"disk": "nvme"}, 25, "the engine label in docker node inspect", 0.5)
+    print(f"engine label in docker node inspect {time.monotonic() - t0:.1f}s after the reload", file=sys.stderr)
+    assert "disk=nvme" in mgr(lab, "node", "inspect", "--pretty", "worker1").stdout
+    wait_for(lambda: placement(lab, "nvmeonly") == Counter({"worker1": 2, "manager": 0, "worker2": 0}), 20,
+             "nvmeonly's tasks on worker1")
+    assert os.path.exists(f"/proc/{w1.shoald}")  # the same shoald all along
+    assert "worker1 Ready" in mgr(lab, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout
+    mgr(lab, "service", "rm", "nvmeonly")
+
+
 def test_bind_mount_missing_on_one_node(lab: Lab) -> None:
     # /run is private per host: the source exists on manager and worker1 only
     for h in ("manager", "worker1"):
