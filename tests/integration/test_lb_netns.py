@@ -226,6 +226,28 @@ def test_isolation_between_networks(lab: Lab) -> None:
     assert lab.get("stranger", "10.62.0.1", 8080, 1) == ["error ConnectionRefusedError"]
 
 
+RESYNC_DRIVER = """
+import asyncio, json, subprocess, sys
+from shoal.network.lb import LoadBalancer
+async def main(m):
+    lb = LoadBalancer()
+    await lb.sync(m)
+    subprocess.run(["nft", "delete", "table", "ip", "shoal"], check=True)
+    await lb.sync(m)  # an unchanged map alone does not look at the kernel
+    gone = subprocess.run(["nft", "list", "table", "ip", "shoal"], capture_output=True).returncode != 0
+    await lb.sync(m, verify=True)  # the periodic resync does
+    print(json.dumps({"gone": gone}))
+asyncio.run(main(json.load(sys.stdin)))
+"""
+
+
+def test_resync_repairs_a_deleted_table(lab: Lab) -> None:
+    out = sh("env", f"PYTHONPATH={ROOT / 'src'}", sys.executable, "-c", RESYNC_DRIVER, ns=lab.ns["node"],
+             input=json.dumps(netmap(BACKENDS)))
+    assert json.loads(out) == {"gone": True}
+    assert set(names(lab.get("client", VIP, 8000, 6))) == {"c1", "c2", "c3"}
+
+
 def test_clear_removes_the_table(lab: Lab) -> None:
     sh("env", f"PYTHONPATH={ROOT / 'src'}", sys.executable, "-c",
        "import asyncio\nfrom shoal.network.lb import LoadBalancer\nasyncio.run(LoadBalancer().clear())",

@@ -7,7 +7,10 @@ for their networks.
   for every endpoint on other nodes, this node's own address (and the services' VIPs) on the bridge;
 - :mod:`shoal.network.lb` — nftables: VIP and ingress load balancing, SNAT, isolation between networks;
 - :mod:`shoal.network.dns` — service discovery for the containers on this node.
-Everything is computed from the whole map and applied as a whole, so a restart rebuilds it.
+Everything is computed from the whole map and applied as a whole, so a restart rebuilds it. The last
+map is re-applied every :data:`RESYNC` seconds (every :data:`RETRY` s after a failure): links and
+addresses are diffed against the kernel, and the nftables table is re-applied if it differs from what
+was applied last, so drift (a flushed table, a deleted link, a failed apply) is repaired without a new map.
 
 Task containers join a swarm network through its engine-local *twin*: a network of the engine with
 driver and IPAM driver ``shoal``, named like the swarm network, carrying its subnet and gateway and the
@@ -34,6 +37,8 @@ TWIN_ID = "shoal.network.id"  # label and driver option: the swarm network's ID
 NETWORK_WAIT = 20.0  # how long a task waits for its networks to appear in the applied map
 ADDRESS_WAIT = 5.0  # ... and for this node's own address on its DNS network
 KEEP_RECENT = 60.0  # a twin used by a task preparation this recently is never pruned
+RESYNC = 5.0  # the applied map is checked against the kernel (and repaired) this often
+RETRY = 1.0  # ... and this soon after a failed apply
 
 
 class NetworkError(Exception):
@@ -59,6 +64,9 @@ class NetworkAgent:
         self._changed = asyncio.Event()  # replaced after every apply
         self._recent: dict[str, float] = {}  # swarm network ID -> last time a task was prepared on it
         self._docker: aiodocker.Docker | None = None
+        self._active = False  # a map was applied and the node has not left since
+        self._failed = False  # the last apply raised: retry soon
+        self._resync_task: asyncio.Task | None = None
         from shoal.network.plugin import PluginServer
 
         self.plugin = PluginServer(self, plugin_dir / "shoal.sock")
@@ -76,8 +84,14 @@ class NetworkAgent:
     async def start(self) -> None:
         await self.plugin.start()
         await self.dns.start()
+        self._resync_task = asyncio.create_task(self._resync_loop(), name="netmap-resync")
 
     async def stop(self) -> None:
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync_task
+            self._resync_task = None
         await self.dns.stop()
         await self.plugin.stop()
         if self._docker is not None:
@@ -87,26 +101,45 @@ class NetworkAgent:
     async def cleanup(self) -> None:
         """Leaving the swarm: remove every link, rule and engine network shoal made on this node."""
         async with self._lock:
+            self._active = False
             await self._prune_twins(keep=set(), force=True)
             await self.lb.clear()
             await self.overlay.clear()
             self._ready = set()
             await self.dns.stop()
 
-    async def apply(self, netmap: dict) -> None:
-        """Bring links, rules and DNS records to what ``netmap`` says."""
+    async def apply(self, netmap: dict, verify: bool = False) -> None:
+        """Bring links, rules and DNS records to what ``netmap`` says.
+
+        With ``verify`` (the periodic resync) an unchanged ruleset is compared with the kernel's and
+        re-applied if they differ."""
         async with self._lock:
             self.netmap = netmap
+            self._active = True
             try:
                 await self.overlay.sync(netmap)
                 self._ready = set(self.overlay.ready)
                 self._notify()
-                await self.lb.sync(netmap)
+                await self.lb.sync(netmap, verify=verify)
                 await self.dns.update(netmap)
                 self.applied.set()
+                if self._failed:
+                    log.info("network map applied again after a failure")
+                self._failed = False
             except Exception:
-                log.exception("applying the network map failed")
+                self._failed = True
+                log.exception("applying the network map failed (retrying in %.0f s)", RETRY)
             await self._prune_twins(keep=set(netmap.get("networks") or {}))
+
+    async def _resync_loop(self) -> None:
+        """Re-apply the last map every RESYNC s (RETRY s after a failure), repairing drift in the kernel."""
+        while True:
+            await asyncio.sleep(RETRY if self._failed else RESYNC)
+            if self._active:
+                try:
+                    await self.apply(self.netmap, verify=True)
+                except Exception:  # never let the loop die
+                    log.exception("network resync failed")
 
     def network(self, net_id: str) -> dict | None:
         return self.netmap["networks"].get(net_id)

@@ -164,22 +164,33 @@ class LoadBalancer:
     def __init__(self, table: str = TABLE) -> None:
         self.table = table
         self.applied: str | None = None  # the ruleset text last applied successfully
+        self.listed: str | None = None  # ``nft list table`` right after that apply
 
-    async def sync(self, netmap: dict) -> None:
-        """Apply the ruleset for ``netmap`` as one transaction; nothing to do when the text is unchanged."""
+    async def sync(self, netmap: dict, verify: bool = False) -> None:
+        """Apply the ruleset for ``netmap`` as one transaction; nothing to do when the text is unchanged
+        — unless ``verify`` finds the kernel's table differing from what was applied (drift)."""
         text = render(netmap, self.table)
+        if text == self.applied and verify:
+            rc, out, _ = await _nft("list", "table", "ip", self.table)
+            if rc != 0 or out != self.listed:
+                log.warning("lb: table ip %s %s; applying it again", self.table,
+                            "is gone" if rc != 0 else "differs from the one applied")
+                self.applied = None
         if text != self.applied:
+            self.applied = self.listed = None
             rc, _, err = await _nft("-f", "-", stdin=text)
             if rc != 0:
                 raise RuntimeError(f"nft -f failed: {err.strip()}")
             self.applied = text
+            rc, out, _ = await _nft("list", "table", "ip", self.table)
+            self.listed = out if rc == 0 else None
             log.info("lb: applied table ip %s (%d services)", self.table, len(netmap.get("services") or []))
         await asyncio.to_thread(_route_localnet, netmap)
 
     async def clear(self) -> None:
         """Delete table ``ip shoal`` (no error when it does not exist)."""
         await _nft("-f", "-", stdin=f"table ip {self.table}\ndelete table ip {self.table}\n")
-        self.applied = None
+        self.applied = self.listed = None
 
     async def current(self) -> dict:
         """The table as the kernel has it (``nft -j list table``), or ``{}`` when it does not exist."""
