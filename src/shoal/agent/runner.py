@@ -15,6 +15,7 @@ from shoal.model.service import DEFAULT_STOP_GRACE
 from shoal.network.agent import NetworkAgent, NetworkError
 
 log = logging.getLogger(__name__)
+UNBIND_DELAY = 1.0  # s between a networked task leaving the load balancers and its container's stop
 
 Report = Callable[[str, dict], Awaitable[None]]
 
@@ -189,6 +190,11 @@ class TaskRunner:
         if self.cid:
             info = await self.ex.inspect(self.cid)
             if info and info["State"].get("Running"):
+                if self.task.get("ServiceID") and self.task.get("NetworksAttachments"):
+                    # as Docker's executor (2 s gossip delay): the managers took the task out of every
+                    # node's load balancer when its desired state changed; let that reach the nodes
+                    # before its process stops, so no new connection is sent to a stopping task
+                    await asyncio.sleep(UNBIND_DELAY)
                 cs = self.task["Spec"].get("ContainerSpec") or {}
                 grace = (cs.get("StopGracePeriod") or DEFAULT_STOP_GRACE) / 1e9
                 await self.ex.stop(self.cid, grace)
