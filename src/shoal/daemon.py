@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from shoal import autolock
+from shoal.agent import attachments as attached
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.files import TaskFiles
@@ -303,6 +304,7 @@ class Daemon:
             self.netagent = NetworkAgent(self.node_id, f"unix://{self.opts.engine}", self.opts.plugin_dir)
             await self.netagent.start()
             await gwbridge.ensure(self.proxy)
+            self._tasks.append(asyncio.create_task(attached.collect(self), name="attachments"))
             self._tasks.append(asyncio.create_task(self._follow_netmap(self.session, self.netagent),
                                                    name="netmap"))
         agent = Agent(self.node_id, self.session, self.executor, network=self.netagent,
@@ -354,6 +356,14 @@ class Daemon:
             except (APIError, StoreError, aiohttp.ClientError, TimeoutError) as e:
                 log.warning("changing role to %s failed (attempt %d): %s", role, attempt + 1, e)
                 await asyncio.sleep(1)
+
+    async def ask_leader(self, path: str, body: dict) -> dict:
+        """POST to the current leader's cluster port (from a worker or a follower)."""
+        leader = self.leader_addr if self.role == "manager" else ""
+        leader = leader or (self.session.current if self.session else "") or next(iter(self.managers), "")
+        if not leader:
+            raise Unavailable("no manager is known to this node")
+        return await self._ask_leader(leader, path, body)
 
     async def _ask_leader(self, leader: str, path: str, body: dict) -> dict:
         """POST to the leader's cluster port with this node's certificate (following a redirect)."""

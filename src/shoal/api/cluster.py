@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from shoal.agent.logs import make_logs_handler
+from shoal.manager import attachments
 from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
 from shoal.tls import peer_identity, sign_csr
@@ -160,6 +161,29 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
         except APIError as e:
             return _error(e.message, e.status)
 
+    async def attachment(request: web.Request) -> web.Response:
+        """A node asks for, or gives back, a standalone container's attachment to a swarm network."""
+        ident = _identity(request)
+        if ident is None or ident[2] != daemon.cluster()["ID"]:
+            return _error("a client certificate from this swarm is required", 401)
+        if not daemon.is_leader:
+            return web.json_response({"message": "not the leader", "leader": daemon.leader_addr}, status=421,
+                                     headers={"X-Shoal-Leader": daemon.leader_addr})
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("invalid attachment request", 400)
+        if not isinstance(body, dict):
+            return _error("invalid attachment request", 400)
+        try:
+            if request.match_info["action"] == "attach":
+                task = await attachments.attach(daemon, ident[0], str(body.get("network") or ""),
+                                                str(body.get("container") or ""))
+                return web.json_response({"task": task})
+            return web.json_response({"detached": await attachments.detach(daemon, ident[0], str(body.get("id")))})
+        except APIError as e:
+            return _error(e.message, e.status)
+
     async def api(request: web.Request) -> web.StreamResponse:
         """An Engine-API write forwarded by another manager: answered as if asked here."""
         ident = _identity(request)
@@ -180,4 +204,5 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/session", session)
     app.router.add_get("/logs", make_logs_handler(daemon))  # this node's task logs, for managers
     app.router.add_post("/role", role)
+    app.router.add_post("/attachments/{action:attach|detach}", attachment)
     return app

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def assigned_to(objs: Objects, node_id: str) -> list[dict]:
     """Tasks a node must know about: scheduled to it and not yet forgotten."""
     return [t for t in objs.tasks_of_node(node_id)
-            if not states.before(t["Status"]["State"], states.ASSIGNED)]
+            if not states.before(t["Status"]["State"], states.ASSIGNED) and t.get("ServiceID")]
 
 
 async def update_status(objs: Objects, task_id: str, status: dict) -> bool:

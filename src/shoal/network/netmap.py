@@ -13,10 +13,11 @@ records), never as deltas. Shape::
       "services": [{"id", "name", "aliases": {NET_ID: [...]}, "mode": "vip" | "dnsrr",
                     "vips": {NET_ID: "10.0.1.2"}, "backends": {NET_ID: ["10.0.1.7", ...]},
                     "ports": [{"protocol", "target", "published", "mode"}]}],
+      "attachments": [{"id", "network", "ip", "created"}],   # this node's standalone containers
     }
 
 A node takes part in the ingress network always (the routing mesh) and in every network one of its
-tasks is attached to.
+tasks, or one of its standalone containers (an attachment), is attached to.
 """
 
 from __future__ import annotations
@@ -103,10 +104,24 @@ def compute(objs: Objects, node_id: str) -> dict:
                        "published": p.get("PublishedPort") or 0, "mode": p.get("PublishMode") or "ingress"}
                       for p in ep.get("Ports") or []],
         })
+    attachments = []  # standalone containers on attachable networks (tasks without a service)
+    for t in objs.tasks_of_service(""):
+        tnode = nodes.get(t.get("NodeID", "")) or {}
+        vtep = (tnode.get("Status") or {}).get("Addr", "")
+        for a in t.get("NetworksAttachments") or []:
+            nid = a["Network"]["ID"]
+            if not a.get("Addresses") or not _live(t):
+                continue
+            if t.get("NodeID") == node_id:
+                attachments.append({"id": t["ID"], "network": nid, "ip": _ip(a["Addresses"][0]),
+                                    "created": t.get("CreatedAt", "")})
+            elif nid in peers and vtep:
+                peers[nid].append({"ip": _ip(a["Addresses"][0]), "vtep": vtep})
     for nid in peers:
         seen: dict[str, dict] = {}
         for p in peers[nid]:
             seen[p["ip"]] = p
         peers[nid] = sorted(seen.values(), key=lambda p: p["ip"])
     return {"node": {"id": node_id, "addr": (node.get("Status") or {}).get("Addr", "")},
-            "networks": out_nets, "peers": peers, "services": sorted(services, key=lambda s: s["name"])}
+            "networks": out_nets, "peers": peers, "services": sorted(services, key=lambda s: s["name"]),
+            "attachments": sorted(attachments, key=lambda a: a["id"])}

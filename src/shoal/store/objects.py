@@ -114,13 +114,14 @@ class Objects:
             after = new.get(field) if new else None
             if before == after:
                 continue
-            if before:
+            # tasks without a service (network attachments) are indexed under ""; unassigned ones are not
+            if before or (before == "" and field == "ServiceID"):
                 ids = idx.get(before)
                 if ids is not None:
                     ids.discard(oid)
                     if not ids:
                         del idx[before]
-            if after:
+            if after or (after == "" and field == "ServiceID"):
                 idx.setdefault(after, set()).add(oid)
 
     def _set(self, kind: str, oid: str, obj: dict | None) -> None:

@@ -66,6 +66,7 @@ class Orchestrator(Controller):
                     todo.add(oid)
                 elif kind == "tasks" and oid in tasks:
                     todo.add(tasks[oid]["ServiceID"])
+        todo.discard("")  # attachments (standalone containers) belong to no service
         out: list[Change] = []
         for sid in todo:
             svc = services.get(sid)
@@ -80,8 +81,13 @@ class Orchestrator(Controller):
                 out += self._replicated(svc, tasks)
             elif is_global(svc):
                 out += self._global(svc, tasks)
+        if changes is None or any(kind == "nodes" for kind, _ in changes):
+            # attachments of nodes that were removed from the swarm
+            out += [Change("tasks", set_desired(t, states.REMOVE)) for t in self.objs.tasks_of_service("")
+                    if self.objs.get("nodes", t.get("NodeID", "")) is None
+                    and states.before(t["DesiredState"], states.REMOVE)]
         if changes is None:  # orphans: tasks whose service is gone
-            for sid in set(self.objs.tasks_by_service) - set(services):
+            for sid in set(self.objs.tasks_by_service) - set(services) - {""}:
                 out += [Change("tasks", set_desired(t, states.REMOVE))
                         for t in self.objs.tasks_of_service(sid)
                         if states.before(t["DesiredState"], states.REMOVE)]

@@ -1,0 +1,166 @@
+"""Standalone containers on attachable swarm networks: `docker run --network NET` and
+`docker network connect NET CONTAINER` (and `disconnect`) through shoald.
+
+A request naming a swarm network gets an attachment from the leader (an address on the network, see
+``shoal.manager.attachments``); the engine-local twin of the network is made, and the request goes on to
+the engine naming the twin, with the address and this node's DNS server. Everything else passes
+through untouched. ``shoal.agent.attachments`` gives attachments back once their container is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from shoal.agent.attachments import GRACE, attach_network, collect_once, detach_network
+from shoal.api.networks import PLUGIN_DRIVER
+from shoal.api.server import route
+from shoal.model.errors import APIError, NotFound
+from shoal.network.agent import TWIN_ID
+
+if TYPE_CHECKING:
+    from shoal.daemon import Daemon
+
+BUILTIN = {"", "default", "bridge", "host", "none"}
+
+
+def _attaching(daemon: Daemon) -> bool:
+    return daemon.state == "active" and daemon.netagent is not None
+
+
+async def _engine_network(daemon: Daemon, ref: str) -> dict | None:
+    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
+        return await resp.json() if resp.status == 200 else None
+
+
+async def _is_swarm_network(daemon: Daemon, ref: str) -> bool:
+    """``ref`` is not one of the engine's own networks (a twin of a swarm network counts as swarm)."""
+    if ref in BUILTIN or ref.startswith("container:"):
+        return False
+    local = await _engine_network(daemon, ref)
+    return local is None or local.get("Driver") == PLUGIN_DRIVER
+
+
+async def _twin_name(daemon: Daemon, ref: str) -> str | None:
+    """The engine's twin of the swarm network ``ref`` (ID, name or ID prefix) on this node, if any."""
+    nets = (daemon.netagent.netmap.get("networks") if daemon.netagent else None) or {}
+    nid = next((i for i, n in nets.items() if ref in (i, n.get("name"))), None)
+    nid = nid or next(iter([i for i in nets if i.startswith(ref)][:1]), None)
+    query = json.dumps({"label": [f"{TWIN_ID}={nid or ref}"]})
+    async with daemon.proxy.session.get("http://docker/networks", params={"filters": query}) as resp:
+        twins = await resp.json() if resp.status == 200 else []
+    if twins:
+        return twins[0]["Name"]
+    local = await _engine_network(daemon, ref)  # the twin named as the network
+    return local["Name"] if local and local.get("Driver") == PLUGIN_DRIVER else None
+
+
+async def _attach(daemon: Daemon, ref: str, container: str, user_ep: dict | None,
+                  made: list[dict]) -> tuple[str, dict, list[str]]:
+    """Attach to swarm network ``ref``: (twin name, endpoint config for the engine, DNS servers)."""
+    task = await attach_network(daemon, ref, container)
+    made.append(task)
+    extra = await daemon.netagent.prepare_task(task)  # type: ignore[union-attr]
+    twin = extra["HostConfig"]["NetworkMode"]
+    ep: dict[str, Any] = dict(user_ep or {})
+    given = extra["NetworkingConfig"]["EndpointsConfig"][twin]
+    ep["IPAMConfig"] = {**(ep.get("IPAMConfig") or {}), **given["IPAMConfig"]}
+    return twin, ep, extra["HostConfig"].get("Dns") or []
+
+
+async def _give_back(daemon: Daemon, made: list[dict]) -> None:
+    for task in made:
+        await detach_network(daemon, task["ID"])
+
+
+@route("POST", "/containers/create", manager=False)
+async def create_container(daemon: Daemon, request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw and _attaching(daemon) else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return await daemon.proxy.forward_body(request, raw)
+    host = body.get("HostConfig") if isinstance(body.get("HostConfig"), dict) else {}
+    net_cfg = body.get("NetworkingConfig") if isinstance(body.get("NetworkingConfig"), dict) else {}
+    eps = net_cfg.get("EndpointsConfig") if isinstance(net_cfg.get("EndpointsConfig"), dict) else {}
+    mode = host.get("NetworkMode") if isinstance(host.get("NetworkMode"), str) else ""
+    refs = [r for r in dict.fromkeys([mode, *eps]) if await _is_swarm_network(daemon, r)]
+    if not refs:
+        return await daemon.proxy.forward_body(request, raw)
+    made: list[dict] = []
+    try:
+        name = request.rel_url.query.get("name", "")
+        for ref in refs:
+            twin, ep, dns = await _attach(daemon, ref, name, eps.pop(ref, None), made)
+            eps[twin] = ep
+            if mode == ref:
+                host["NetworkMode"] = twin
+            if dns and not host.get("Dns"):
+                host["Dns"] = dns
+        body["HostConfig"], body["NetworkingConfig"] = host, {**net_cfg, "EndpointsConfig": eps}
+        resp = await daemon.proxy.forward_body(request, json.dumps(body).encode())
+    except BaseException:
+        await _give_back(daemon, made)
+        raise
+    if resp.status >= 300:
+        await _give_back(daemon, made)
+    return resp
+
+
+@route("POST", "/networks/{ref}/connect", manager=False)
+async def connect_container(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
+    raw = await request.read()
+    if not _attaching(daemon) or not await _is_swarm_network(daemon, ref):
+        return await daemon.proxy.forward_body(request, raw)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError as e:
+        raise APIError(f"invalid JSON: {e}", 400) from None
+    container = str((body or {}).get("Container") or "")
+    async with daemon.proxy.session.get(f"http://docker/containers/{quote(container, safe='')}/json") as resp:
+        if resp.status != 200:
+            raise NotFound(f"No such container: {container}")
+    made: list[dict] = []
+    try:
+        twin, ep, _dns = await _attach(daemon, ref, container, body.get("EndpointConfig"), made)
+        async with daemon.proxy.session.post(f"http://docker/networks/{quote(twin, safe='')}/connect",
+                                             json={**body, "EndpointConfig": ep}) as resp:
+            status, answer = resp.status, await resp.read()
+    except BaseException:
+        await _give_back(daemon, made)
+        raise
+    if status >= 300:
+        await _give_back(daemon, made)
+        try:
+            message = json.loads(answer).get("message") or answer.decode()
+        except ValueError:
+            message = answer.decode(errors="replace")
+        raise APIError(message, status)
+    return web.Response(status=status, body=answer or None)
+
+
+@route("POST", "/networks/{ref}/disconnect", manager=False)
+async def disconnect_container(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
+    """Disconnecting names the twin on the engine; the attachment is given back once it is unused."""
+    raw = await request.read()
+    if not _attaching(daemon) or not await _is_swarm_network(daemon, ref):
+        return await daemon.proxy.forward_body(request, raw)
+    twin = await _twin_name(daemon, ref)
+    if twin is None:
+        raise NotFound(f"network {ref} not found")
+    async with daemon.proxy.session.post(f"http://docker/networks/{quote(twin, safe='')}/disconnect",
+                                         data=raw, headers={"Content-Type": "application/json"}) as resp:
+        status, answer = resp.status, await resp.read()
+    if status >= 300:
+        try:
+            raise APIError(json.loads(answer).get("message") or "disconnect failed", status)
+        except ValueError:
+            raise APIError(answer.decode(errors="replace"), status) from None
+    await collect_once(daemon, time.time() + GRACE)  # give the address back now
+    return web.Response(status=status, body=answer or None)
