@@ -83,4 +83,8 @@ async def detach(daemon: Daemon, node_id: str, task_id: str) -> bool:
     task = daemon.objs.get("tasks", task_id)
     if task is None or not is_attachment(task) or task.get("NodeID") != node_id:
         return False
-    return bool(await daemon.objs.delete("tasks", task))
+    if not await daemon.objs.delete("tasks", task):
+        return False
+    async with daemon.alloc_lock:  # the allocator may never have seen it, when made and removed at once
+        daemon.netalloc.release_task(task_id)
+    return True
