@@ -144,8 +144,9 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
             await ws.close()
         return ws
 
-    async def role(request: web.Request) -> web.Response:
-        """A promoted or demoted node asks the leader for what its new role needs."""
+    async def leader_request(request: web.Request, what: str) -> tuple[tuple[str, str, str], dict] | web.Response:
+        """A node's request to the leader: (its identity, the JSON object it sent), or the answer refusing it
+        (no certificate of this swarm, not the leader: where it is, not a JSON object)."""
         ident = _identity(request)
         if ident is None or ident[2] != daemon.cluster()["ID"]:
             return _error("a client certificate from this swarm is required", 401)
@@ -155,32 +156,34 @@ def make_cluster_app(daemon: Daemon) -> web.Application:
         try:
             body = await request.json()
         except ValueError:
-            return _error("invalid role request", 400)
+            body = None
+        if not isinstance(body, dict):
+            return _error(f"invalid {what} request", 400)
+        return ident, body
+
+    async def role(request: web.Request) -> web.Response:
+        """A promoted or demoted node asks the leader for what its new role needs."""
+        asked = await leader_request(request, "role")
+        if isinstance(asked, web.Response):
+            return asked
+        (node_id, cert_role, _cluster), body = asked
         try:
-            return web.json_response(await daemon.role_request(ident[0], ident[1], body))
+            return web.json_response(await daemon.role_request(node_id, cert_role, body))
         except APIError as e:
             return _error(e.message, e.status)
 
     async def attachment(request: web.Request) -> web.Response:
         """A node asks for, or gives back, a standalone container's attachment to a swarm network."""
-        ident = _identity(request)
-        if ident is None or ident[2] != daemon.cluster()["ID"]:
-            return _error("a client certificate from this swarm is required", 401)
-        if not daemon.is_leader:
-            return web.json_response({"message": "not the leader", "leader": daemon.leader_addr}, status=421,
-                                     headers={"X-Shoal-Leader": daemon.leader_addr})
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error("invalid attachment request", 400)
-        if not isinstance(body, dict):
-            return _error("invalid attachment request", 400)
+        asked = await leader_request(request, "attachment")
+        if isinstance(asked, web.Response):
+            return asked
+        (node_id, _role, _cluster), body = asked
         try:
             if request.match_info["action"] == "attach":
-                task = await attachments.attach(daemon, ident[0], str(body.get("network") or ""),
+                task = await attachments.attach(daemon, node_id, str(body.get("network") or ""),
                                                 str(body.get("container") or ""))
                 return web.json_response({"task": task})
-            return web.json_response({"detached": await attachments.detach(daemon, ident[0], str(body.get("id")))})
+            return web.json_response({"detached": await attachments.detach(daemon, node_id, str(body.get("id")))})
         except APIError as e:
             return _error(e.message, e.status)
 
