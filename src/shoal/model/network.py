@@ -11,7 +11,6 @@ from shoal.model.ids import new_id, now
 
 VXLAN_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 INGRESS_NAME = "ingress"
-INGRESS_SUBNET = "10.0.0.0/24"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
@@ -121,8 +120,9 @@ def new_network(spec: dict) -> dict:
 
 
 def ingress_spec() -> dict:
-    return spec_from_request({"Name": INGRESS_NAME, "Ingress": True,
-                              "IPAM": {"Config": [{"Subnet": INGRESS_SUBNET, "Gateway": "10.0.0.1"}]}})
+    """The ``ingress`` network made at ``swarm init``: as swarmkit's, no subnet of its own — the allocator
+    gives it the first subnet of the default address pool (10.0.0.0/24 with Docker's 10.0.0.0/8)."""
+    return spec_from_request({"Name": INGRESS_NAME, "Ingress": True})
 
 
 def resource(net: dict) -> dict:
