@@ -59,6 +59,8 @@ from shoal.tls import NodeTLS, ca_only_context, insecure_context, key_pem, make_
 
 log = logging.getLogger(__name__)
 
+JOIN_READY_WAIT = 20.0  # seconds `swarm join` waits for the node's session (moby: swarmConnectTimeout)
+
 ALREADY_IN_SWARM = ('This node is already part of a swarm. Use "docker swarm leave" to leave this swarm '
                     "and join another one.")
 LEAVE_MANAGER = "You are attempting to leave the swarm on a node that is participating as a manager. "
@@ -733,6 +735,12 @@ class Daemon:
             self._save_state()
             await self._start_roles()
             self.state = "active"
+            session = self.session
+        # like Docker, answer once the node is part of the swarm: its session is open, so the leader has
+        # marked it Ready (a slow swarm: it goes on joining in the background, as Docker's does)
+        if session is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.connected.wait(), JOIN_READY_WAIT)
 
     async def _fetch_ca(self, remote: str) -> bytes:
         try:
