@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -263,9 +264,30 @@ def test_alias_and_dnsrr(lab: Lab) -> None:
     assert resolved("web-alias") == {vip} == resolved("aliased")
     assert in_task(lab, "client", "wget", "-qO-", "http://web-alias/").stdout.startswith("Hello from")
     assert in_task(lab, "client", "wget", "-qO-", "http://rr-alias/").stdout.startswith("Hello from")
+    # a stack service answers by its full name and by its short name (the CLI's alias on the stack's networks)
+    compose = Path(tempfile.mkdtemp(prefix="shoal-stack-")) / "stack.yml"
+    compose.write_text(STACK)
+    mgr(lab, "stack", "deploy", "--resolve-image", "never", "-c", str(compose), "st")
+    st_vip = json.loads(mgr(lab, "service", "inspect", "st_web", "--format",
+                            "{{json .Endpoint.VirtualIPs}}").stdout)[0]["Addr"].split("/")[0]
+    assert resolved("st_web") == {st_vip} == resolved("web")
+    wait_for(lambda: in_task(lab, "client", "timeout", "3", "wget", "-qO-", "http://web/", check=False)
+             .stdout.startswith("Hello from"), 20, "the stack service by its short name")
+    mgr(lab, "stack", "rm", "st")
     for s in ("rr", "aliased"):
         mgr(lab, "service", "rm", s)
 
+
+STACK = """
+version: "3.8"
+services:
+  web:
+    image: shoal/demo-web:latest
+networks:
+  default:
+    external: true
+    name: test-overlay
+"""
 
 EGRESS_SERVER = """
 import http.server

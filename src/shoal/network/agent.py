@@ -174,13 +174,9 @@ class NetworkAgent:
 
     @staticmethod
     def _endpoint(task: dict, att: dict) -> dict:
-        service = (task.get("ServiceAnnotations") or {}).get("Name")
-        # never the service name itself: Docker's DNS would answer it with task IPs instead of the VIP
-        aliases = [a for a in att.get("Aliases") or [] if a and a != service]
-        cfg: dict[str, Any] = {"IPAMConfig": {"IPv4Address": _ip(att["Addresses"][0])}}
-        if aliases:
-            cfg["Aliases"] = aliases
-        return cfg
+        # no Aliases: the engine's DNS would answer them (and the service name) with this container's
+        # address to queriers on the same node, instead of the VIP; shoal's DNS answers them
+        return {"IPAMConfig": {"IPv4Address": _ip(att["Addresses"][0])}}
 
     def _dns_network(self, atts: list[dict]) -> str:
         """The network whose node address serves DNS: the first one that is not the ingress network.
