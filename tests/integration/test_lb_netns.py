@@ -248,6 +248,49 @@ def test_resync_repairs_a_deleted_table(lab: Lab) -> None:
     assert set(names(lab.get("client", VIP, 8000, 6))) == {"c1", "c2", "c3"}
 
 
+RETRY_DRIVER = """
+import asyncio, json, subprocess, tempfile
+from pathlib import Path
+from shoal.network.agent import NetworkAgent
+
+def table() -> str:
+    return subprocess.run(["nft", "list", "table", "ip", "shoal"], capture_output=True, text=True).stdout
+
+async def main():
+    # another process owns table ip shoal (nft's owner flag): shoal's transaction is refused until it exits
+    owner = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    owner.stdin.write("add table ip shoal { flags owner; }\\n")
+    owner.stdin.flush()
+    while "table ip shoal" not in table():
+        await asyncio.sleep(0.05)
+    agent = NetworkAgent("n1", "unix:///nonexistent/engine.sock", Path(tempfile.mkdtemp()))
+    await agent.start()
+    await agent.apply({"node": {"id": "n1", "addr": ""}, "networks": {}, "peers": {}, "services": []})
+    failed = "chain prerouting" not in table()
+    owner.stdin.close()
+    owner.wait()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while "chain prerouting" not in table() and loop.time() - t0 < 5:
+        await asyncio.sleep(0.05)
+    print(json.dumps({"failed_first": failed, "applied": "chain prerouting" in table(),
+                      "after": round(loop.time() - t0, 2)}))
+    await agent.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_failed_apply_is_retried() -> None:
+    """A NetworkAgent whose nftables apply is refused retries on its own (every second) until it succeeds."""
+    proc = subprocess.run(["unshare", "-n", "env", f"PYTHONPATH={ROOT / 'src'}", sys.executable, "-c", RETRY_DRIVER],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["failed_first"] and out["applied"], out
+    assert out["after"] <= 2.5, out  # RETRY = 1 s
+
+
 def test_clear_removes_the_table(lab: Lab) -> None:
     sh("env", f"PYTHONPATH={ROOT / 'src'}", sys.executable, "-c",
        "import asyncio\nfrom shoal.network.lb import LoadBalancer\nasyncio.run(LoadBalancer().clear())",

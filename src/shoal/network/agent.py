@@ -66,6 +66,7 @@ class NetworkAgent:
         self._docker: aiodocker.Docker | None = None
         self._active = False  # a map was applied and the node has not left since
         self._failed = False  # the last apply raised: retry soon
+        self._retry = asyncio.Event()  # set by a failed apply: wakes the resync loop
         self._resync_task: asyncio.Task | None = None
         from shoal.network.plugin import PluginServer
 
@@ -128,13 +129,18 @@ class NetworkAgent:
                 self._failed = False
             except Exception:
                 self._failed = True
+                self._retry.set()
                 log.exception("applying the network map failed (retrying in %.0f s)", RETRY)
             await self._prune_twins(keep=set(netmap.get("networks") or {}))
 
     async def _resync_loop(self) -> None:
         """Re-apply the last map every RESYNC s (RETRY s after a failure), repairing drift in the kernel."""
         while True:
-            await asyncio.sleep(RETRY if self._failed else RESYNC)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), RESYNC)
+            if self._retry.is_set():
+                self._retry.clear()
+                await asyncio.sleep(RETRY)
             if self._active:
                 try:
                     await self.apply(self.netmap, verify=True)
