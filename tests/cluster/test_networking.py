@@ -270,6 +270,7 @@ def test_alias_and_dnsrr(lab: Lab) -> None:
     mgr(lab, "stack", "deploy", "--resolve-image", "never", "-c", str(compose), "st")
     st_vip = json.loads(mgr(lab, "service", "inspect", "st_web", "--format",
                             "{{json .Endpoint.VirtualIPs}}").stdout)[0]["Addr"].split("/")[0]
+    wait_for(lambda: resolved("st_web"), 15, "st_web to resolve on the client's node")
     assert resolved("st_web") == {st_vip} == resolved("web")
     wait_for(lambda: in_task(lab, "client", "timeout", "3", "wget", "-qO-", "http://web/", check=False)
              .stdout.startswith("Hello from"), 20, "the stack service by its short name")

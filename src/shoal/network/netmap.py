@@ -37,6 +37,14 @@ def _live(task: dict) -> bool:
         not states.terminal(task["Status"]["State"])
 
 
+def _present(task: dict) -> bool:
+    """Its container may still run: a stopping task stays a VXLAN peer (and keeps its node on the network)
+    until it has stopped, so connections already sent to it finish; new ones go elsewhere (``_serving``)."""
+    observed = task["Status"]["State"]
+    return _live(task) or (bool(task.get("NodeID")) and states.rank(observed) >= states.rank(states.ASSIGNED)
+                           and not states.terminal(observed))
+
+
 def _serving(task: dict) -> bool:
     return task["Status"]["State"] == states.RUNNING and task["DesiredState"] == states.RUNNING
 
@@ -48,7 +56,7 @@ def compute(objs: Objects, node_id: str) -> dict:
     ingress = next((nid for nid, n in networks.items() if n["Spec"].get("Ingress")), None)
     mine: set[str] = {ingress} if ingress else set()
     for t in objs.tasks_of_node(node_id):
-        if _live(t):
+        if _present(t):
             mine.update(a["Network"]["ID"] for a in t.get("NetworksAttachments") or [])
     own = {a["Network"]["ID"]: a["Addresses"][0] for a in node.get("Attachments") or [] if a.get("Addresses")}
     out_nets = {}
@@ -85,7 +93,7 @@ def compute(objs: Objects, node_id: str) -> dict:
                 if nid not in out_nets or not a.get("Addresses"):
                     continue
                 ip = _ip(a["Addresses"][0])
-                if _live(t) and t.get("NodeID") and t["NodeID"] != node_id and vtep:
+                if _present(t) and t.get("NodeID") and t["NodeID"] != node_id and vtep:
                     peers[nid].append({"ip": ip, "vtep": vtep})
                 if _serving(t):
                     backends.setdefault(nid, []).append(ip)
