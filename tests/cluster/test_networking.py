@@ -33,6 +33,10 @@ FAIL_BOUND = 3  # failed requests per loop and phase (see test_scale_and_kill_ke
 def lab(docker_engine) -> Iterator[Lab]:
     with module_lab(workers=2, swarm=True) as the_lab:
         yield the_lab
+    # `shoal lab down` after all this networking: no host namespace (with its links and rules) is left
+    left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            if n.startswith("shoal-")]
+    assert not left, f"network namespaces left after lab down: {left}"
 
 
 def mgr(lab: Lab, *args: str, check: bool = True):
