@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shoal.model.errors import NameConflict, OutOfSequence
 from shoal.store.base import KV, CompactedError, Compare, Delete, Op, Put, Store, StoreError
 
@@ -42,13 +44,15 @@ def name_of(kind: str, obj: dict) -> str | None:
 
 
 def _encode(obj: dict) -> bytes:
+    """An object as stored: compact JSON without ``Version`` (that is the key's revision). orjson: the
+    manager encodes every write and decodes every watched change, so this is the store path's hot spot."""
     body = {k: v for k, v in obj.items() if k != "Version"}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def _decode(kv: KV) -> tuple[str, str, dict]:
     kind, _, oid = kv.key[len(PREFIX):].partition("/")
-    obj = json.loads(kv.value)
+    obj = orjson.loads(kv.value)
     obj["Version"] = {"Index": kv.mod_revision}
     return kind, oid, obj
 
