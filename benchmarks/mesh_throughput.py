@@ -24,6 +24,7 @@ from shoal.lab.lab import Lab, down  # noqa: E402
 WEB = "shoal/demo-web:latest"
 DURATION = 8
 ROUNDS = 3
+PAUSE = 62  # s: TIME_WAIT lasts 60 s on Linux
 FETCH = Path(__file__).resolve().parents[1] / "tests" / "cluster" / "fetch.py"
 
 
@@ -99,9 +100,15 @@ def shoal_side() -> dict:
         time.sleep(1)
         runs: dict[str, list[dict]] = {"direct": [], "vip": [], "mesh": []}
         for _ in range(ROUNDS):  # interleaved, so that drift in the machine's load hits every path alike
+            # busybox httpd closes every connection, so each run leaves ~20,000 sockets in TIME_WAIT on the
+            # same few address pairs; a run started before they expire (60 s) measures port reuse, not the
+            # path: pause between runs
+            time.sleep(PAUSE)
             # from a task container on worker2: straight to the two tasks (together), then through their VIP
             runs["direct"].append(combine(run_in(lab, "worker2", pid, [wrk_cmd(f"http://{ip}:80/", 8) for ip in ips])))
+            time.sleep(PAUSE)
             runs["vip"].append(combine(run_in(lab, "worker2", pid, [wrk_cmd(f"http://{vip}:80/", 8)] * 2)))
+            time.sleep(PAUSE)
             # from worker2's own network namespace, to worker1's published port
             runs["mesh"].append(combine(run_in(lab, "worker2", None,
                                                [wrk_cmd(f"http://{lab.host('worker1').ip}:8080/", 8)] * 2)))
