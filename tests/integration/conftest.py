@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -150,29 +151,33 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-@pytest.fixture(scope="module")
-def shoald(docker_engine) -> Iterator[Shoald]:
-    """A shoald that has run ``docker swarm init``."""
+@contextmanager
+def started_shoald(*, init: bool = False) -> Iterator[Shoald]:
+    """A running shoald with its own temporary data dir (in a swarm of its own with ``init``), stopped
+    and removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
         d = Shoald(Path(tmp))
         d.start()
         try:
-            d.docker("swarm", "init")
+            if init:
+                d.docker("swarm", "init")
             yield d
         finally:
             d.stop()
+
+
+@pytest.fixture(scope="module")
+def shoald(docker_engine) -> Iterator[Shoald]:
+    """A shoald that has run ``docker swarm init``."""
+    with started_shoald(init=True) as d:
+        yield d
 
 
 @pytest.fixture
 def fresh_shoald(docker_engine) -> Iterator[Shoald]:
     """A shoald that is not in a swarm."""
-    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
-        d = Shoald(Path(tmp))
-        d.start()
-        try:
-            yield d
-        finally:
-            d.stop()
+    with started_shoald() as d:
+        yield d
 
 
 def running_containers(engine: docker.DockerClient, service: str, **filters: str) -> list:

@@ -5,26 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from conftest import Shoald, running_containers, wait_for
+from conftest import running_containers, started_shoald, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def own_shoald(docker_engine):
-    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
-        d = Shoald(Path(tmp))
-        d.start()
-        d.docker("swarm", "init")
-        try:
-            yield d
-        finally:
-            d.stop()
+    with started_shoald(init=True) as d:
+        yield d
 
 
 def _task_ids(shoald) -> set[str]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import Shoald
+from conftest import Shoald, started_shoald
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +19,8 @@ IMAGE = "shoal/demo-busybox:latest"
 @pytest.fixture(scope="module")
 def d(docker_engine) -> Iterator[Shoald]:
     """A shoald not yet in a swarm (the tests init it themselves, in order)."""
-    with tempfile.TemporaryDirectory(prefix="shoald-") as tmp:
-        daemon = Shoald(Path(tmp))
-        daemon.start()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+    with started_shoald() as daemon:
+        yield daemon
 
 
 def inspect(d: Shoald, *args: str) -> dict:
