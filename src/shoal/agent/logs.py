@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
+from shoal.aio import cancel_all
 from shoal.tls import peer_identity
 
 if TYPE_CHECKING:
@@ -161,16 +162,6 @@ async def remote_logs(addr: str, ssl_ctx: ssl.SSLContext, q: LogQuery, node_id: 
                 yield LogLine.from_json(raw)
 
 
-async def cancel_all(tasks: Iterable[asyncio.Task]) -> None:
-    """Cancel ``tasks`` and wait until each has ended, whatever it ended with."""
-    tasks = list(tasks)
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
-
-
 async def drain(out: asyncio.Queue, producers: set[asyncio.Task]) -> AsyncIterator[LogLine]:
     """Yield what the producers put on ``out`` until all of them are done and it is empty (the set may
     grow meanwhile)."""
@@ -210,9 +201,7 @@ def make_logs_handler(daemon: Daemon):
             async for line in drain(out, {reader}):
                 await resp.write((line.to_json() + "\n").encode())
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_all((reader,))
         await resp.write_eof()
         return resp
 

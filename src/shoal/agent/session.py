@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from shoal.aio import cancel_all
 from shoal.model import states
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,7 @@ class RemoteSession:
                     break
                 self._on_message(json.loads(msg.data))
         finally:
-            for t in (sender, describer):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_all((sender, describer))
 
     async def _describe_loop(self) -> None:
         """Describe this node again every ``describe_period``; queue the description when it changed."""

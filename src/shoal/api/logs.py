@@ -18,7 +18,8 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from shoal.agent.logs import LogLine, LogQuery, cancel_all, drain, local_logs, remote_logs
+from shoal.agent.logs import LogLine, LogQuery, drain, local_logs, remote_logs
+from shoal.aio import cancel_all
 from shoal.api.resolve import resolve
 from shoal.api.server import route
 from shoal.model.errors import APIError, BadRequest

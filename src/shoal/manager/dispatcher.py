@@ -22,6 +22,7 @@ from shoal.store.objects import Objects
 
 log = logging.getLogger(__name__)
 
+
 def assigned_to(objs: Objects, node_id: str) -> list[dict]:
     """Tasks a node must know about: scheduled to it and not yet forgotten."""
     return [t for t in objs.tasks_of_node(node_id)
