@@ -17,7 +17,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from shoal.agent.attachments import GRACE, attach_network, collect_once, detach_network
-from shoal.api.networks import PLUGIN_DRIVER
+from shoal.api.networks import PLUGIN_DRIVER, engine_network, pick
 from shoal.api.server import route
 from shoal.model.errors import APIError, NotFound
 from shoal.network.agent import TWIN_ID
@@ -32,30 +32,24 @@ def _attaching(daemon: Daemon) -> bool:
     return daemon.state == "active" and daemon.netagent is not None
 
 
-async def _engine_network(daemon: Daemon, ref: str) -> dict | None:
-    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
-        return await resp.json() if resp.status == 200 else None
-
-
 async def _is_swarm_network(daemon: Daemon, ref: str) -> bool:
     """``ref`` is not one of the engine's own networks (a twin of a swarm network counts as swarm)."""
     if ref in BUILTIN or ref.startswith("container:"):
         return False
-    local = await _engine_network(daemon, ref)
+    local = await engine_network(daemon, ref)
     return local is None or local.get("Driver") == PLUGIN_DRIVER
 
 
 async def _twin_name(daemon: Daemon, ref: str) -> str | None:
     """The engine's twin of the swarm network ``ref`` (ID, name or ID prefix) on this node, if any."""
     nets = (daemon.netagent.netmap.get("networks") if daemon.netagent else None) or {}
-    nid = next((i for i, n in nets.items() if ref in (i, n.get("name"))), None)
-    nid = nid or next(iter([i for i in nets if i.startswith(ref)][:1]), None)
+    nid = pick(nets, ref, lambda i: i, lambda i: nets[i].get("name", ""))
     query = json.dumps({"label": [f"{TWIN_ID}={nid or ref}"]})
     async with daemon.proxy.session.get("http://docker/networks", params={"filters": query}) as resp:
         twins = await resp.json() if resp.status == 200 else []
     if twins:
         return twins[0]["Name"]
-    local = await _engine_network(daemon, ref)  # the twin named as the network
+    local = await engine_network(daemon, ref)  # the twin named as the network
     return local["Name"] if local and local.get("Driver") == PLUGIN_DRIVER else None
 
 

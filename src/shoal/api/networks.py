@@ -4,7 +4,8 @@ listed beside them and everything about local networks is passed to the engine."
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
@@ -20,23 +21,29 @@ if TYPE_CHECKING:
 FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
 PLUGIN_DRIVER = "shoal"  # the engine-local twins of swarm networks, made by our plugin: hidden
 
+T = TypeVar("T")
+
 
 def _swarm_active(daemon: Daemon) -> bool:
     return daemon.state == "active" and daemon.role == "manager" and daemon.objs is not None
 
 
+def pick(items: Iterable[T], ref: str, ident: Callable[[T], str], name: Callable[[T], str]) -> T | None:
+    """What ``ref`` names among ``items``, as Docker resolves a network: full ID, then name, then a unique
+    ID prefix."""
+    items = list(items)
+    for key in (ident, name):
+        found = [i for i in items if key(i) == ref]
+        if found:
+            return found[0]
+    by_prefix = [i for i in items if ident(i).startswith(ref)]
+    return by_prefix[0] if len(by_prefix) == 1 else None
+
+
 def find_swarm_network(daemon: Daemon, ref: str) -> dict | None:
     if not _swarm_active(daemon):
         return None
-    objs = daemon.objs
-    net = objs.get("networks", ref)
-    if net is not None:
-        return net
-    by_name = [n for n in objs.list("networks") if n["Spec"]["Name"] == ref]
-    if by_name:
-        return by_name[0]
-    by_prefix = [n for n in objs.list("networks") if n["ID"].startswith(ref)]
-    return by_prefix[0] if len(by_prefix) == 1 else None
+    return pick(daemon.objs.list("networks"), ref, lambda n: n["ID"], lambda n: n["Spec"]["Name"])
 
 
 def worker_networks(daemon: Daemon) -> list[dict]:
@@ -48,13 +55,13 @@ def worker_networks(daemon: Daemon) -> list[dict]:
 
 
 def find_worker_network(daemon: Daemon, ref: str) -> dict | None:
-    nets = worker_networks(daemon)
-    for match in (lambda n: n["Id"] == ref, lambda n: n["Name"] == ref):
-        found = [n for n in nets if match(n)]
-        if found:
-            return found[0]
-    by_prefix = [n for n in nets if n["Id"].startswith(ref)]
-    return by_prefix[0] if len(by_prefix) == 1 else None
+    return pick(worker_networks(daemon), ref, lambda n: n["Id"], lambda n: n["Name"])
+
+
+async def engine_network(daemon: Daemon, ref: str) -> dict | None:
+    """The engine's own network ``ref`` (its inspect), or None."""
+    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
+        return await resp.json() if resp.status == 200 else None
 
 
 @route("GET", "/networks", manager=False)
@@ -95,9 +102,9 @@ async def inspect_network(daemon: Daemon, request: web.Request, ref: str) -> web
     found = find_worker_network(daemon, ref)
     if found is not None:
         return json_response(found)
-    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
-        twin = resp.status == 200 and (await resp.json()).get("Driver") == PLUGIN_DRIVER
-    if twin:  # the engine's twin of a swarm network this node no longer takes part in: hidden
+    local = await engine_network(daemon, ref)
+    if local is not None and local.get("Driver") == PLUGIN_DRIVER:
+        # the engine's twin of a swarm network this node no longer takes part in: hidden
         raise NotFound(f"network {ref} not found")
     return await daemon.proxy.handle(request)
 
