@@ -62,11 +62,11 @@ def slot_key(task: dict) -> tuple[str, object]:
     return task["ServiceID"], task.get("Slot") or task.get("NodeID") or ""
 
 
-def should_restart(task: dict, history: list[dict], restarted: dict[str, float] | None = None) -> bool:
+def should_restart(task: dict, history: list[dict], restarted: list[float] | None = None) -> bool:
     """Whether a stopped task's slot gets a new task, per its restart policy.
 
     ``history`` are the slot's tasks still in the store; ``restarted`` are the restarts of the slot the
-    orchestrator remembers (task ID → creation time), which outlive the task history retention limit
+    orchestrator remembers (when each was made), which outlive the task history retention limit
     (and are lost with a leader change, when the stored history is all there is)."""
     policy = restart_policy(task.get("Spec") or {})
     cond = policy.get("Condition") or "any"
@@ -82,7 +82,7 @@ def should_restart(task: dict, history: list[dict], restarted: dict[str, float] 
         # the slot's other stored tasks number its restarts so far, until retention trims them;
         # the remembered restarts (the dying task among them, if it was one) then still count
         stored = sum(1 for t in history if t["ID"] != task["ID"] and parse_time(t["CreatedAt"]) >= cutoff)
-        remembered = sum(1 for at in (restarted or {}).values() if at >= cutoff)
+        remembered = sum(1 for at in restarted or () if at >= cutoff)
         if max(stored, remembered) >= max_attempts:
             return False
     return True

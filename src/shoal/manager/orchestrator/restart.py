@@ -30,15 +30,15 @@ HISTORY = 1000  # restarts remembered per slot
 class RestartSupervisor:
     def __init__(self) -> None:
         self._waits: dict[str, _Wait] = {}
-        self._history: dict[tuple[str, object], deque[tuple[str, float]]] = {}
+        self._history: dict[tuple[str, object], deque[float]] = {}  # slot -> when its restarts were made
 
     def record(self, slot: tuple[str, object], task: dict) -> None:
         """``task`` was created to restart ``slot``."""
-        self._history.setdefault(slot, deque(maxlen=HISTORY)).append((task["ID"], parse_time(task["CreatedAt"])))
+        self._history.setdefault(slot, deque(maxlen=HISTORY)).append(parse_time(task["CreatedAt"]))
 
-    def restarted(self, slot: tuple[str, object]) -> dict[str, float]:
-        """The slot's remembered restarts: task ID → creation time."""
-        return dict(self._history.get(slot, ()))
+    def restarted(self, slot: tuple[str, object]) -> list[float]:
+        """When the slot's remembered restarts were made (epoch seconds)."""
+        return list(self._history.get(slot, ()))
 
     def forget_service(self, service_id: str) -> None:
         for key in [k for k in self._history if k[0] == service_id]:
