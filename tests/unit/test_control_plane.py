@@ -269,6 +269,17 @@ class Swarm:
         self._tasks.append(asyncio.create_task(agent.run(), name=f"agent-{len(self.nodes)}"))
         return node["ID"]
 
+    def tasks_ever(self, sid: str) -> set[str]:
+        """The IDs of every task of ``sid`` written from now on (a set that keeps filling)."""
+        ever: set[str] = set()
+
+        def probe(kind: str, oid: str, obj: dict | None) -> None:
+            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
+                ever.add(oid)
+
+        self.objs.probes.append(probe)
+        return ever
+
     async def edit_node(self, node_id: str, fn: Callable[[dict], None]) -> None:
         def apply(node: dict) -> None:
             fn(node["Spec"])
@@ -597,13 +608,7 @@ async def test_max_attempts_counts_only_restarts_within_the_window() -> None:
         window = 500 * MS
         sid = await h.create_service(service_spec("flaky", 1, restart={"MaxAttempts": 2, "Window": window,
                                                                        "Delay": 20 * MS}))
-        ever: set[str] = set()
-
-        def probe(kind: str, oid: str, obj: dict | None) -> None:
-            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
-                ever.add(oid)
-
-        h.objs.probes.append(probe)
+        ever = h.tasks_ever(sid)
         await h.until(lambda: len(h.running(sid)) == 1, "1 running task", sid=sid)
         for n in range(3):  # spaced failures: each restart is alone in its window
             await asyncio.sleep(window / 1e9 + 0.1)
@@ -626,13 +631,7 @@ async def test_max_attempts_counts_only_restarts_within_the_window() -> None:
 async def test_max_attempts_holds_beyond_the_history_retention_limit() -> None:
     async with running_swarm(3, retention=2) as h:
         sid = await h.create_service(service_spec("flaky", 1, restart={"MaxAttempts": 3, "Delay": 30 * MS}))
-        ever: set[str] = set()
-
-        def probe(kind: str, oid: str, obj: dict | None) -> None:
-            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
-                ever.add(oid)
-
-        h.objs.probes.append(probe)
+        ever = h.tasks_ever(sid)
         h.crash[sid] = 100  # every task fails once it runs
         await h.until(lambda: len(ever) >= 4 and not h.running(sid), "the first run and 3 restarts", sid=sid)
         await asyncio.sleep(1.0)  # ~30 restart delays: any restart beyond MaxAttempts would show
@@ -644,13 +643,7 @@ async def test_max_attempts_holds_beyond_the_history_retention_limit() -> None:
 async def test_task_history_retention_limit_bounds_each_slot() -> None:
     async with running_swarm(3, retention=2) as h:
         sid = await h.create_service(service_spec("flaky", 2, restart={"Delay": 30 * MS}))
-        ever: set[str] = set()
-
-        def probe(kind: str, oid: str, obj: dict | None) -> None:
-            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
-                ever.add(oid)
-
-        h.objs.probes.append(probe)
+        ever = h.tasks_ever(sid)
         h.crash[sid] = 6  # six failures, then the tasks stay up
         await h.until(lambda: len(h.running(sid)) == 2 and len(ever) >= 8, "recovery after 6 failures", sid=sid)
 
@@ -673,13 +666,7 @@ async def test_default_task_history_retention_is_five_per_slot() -> None:
     assert default_cluster_spec()["Orchestration"]["TaskHistoryRetentionLimit"] == 5
     async with running_swarm(3, retention=None) as h:
         sid = await h.create_service(service_spec("flaky", 1, restart={"Delay": 20 * MS}))
-        ever: set[str] = set()
-
-        def probe(kind: str, oid: str, obj: dict | None) -> None:
-            if kind == "tasks" and obj is not None and obj["ServiceID"] == sid:
-                ever.add(oid)
-
-        h.objs.probes.append(probe)
+        ever = h.tasks_ever(sid)
         h.crash[sid] = 8  # eight failures, then the task stays up
         await h.until(lambda: len(h.running(sid)) == 1 and len(ever) == 9, "recovery after 8 failures", sid=sid)
         await h.until(lambda: len(h.objs.tasks_of_service(sid)) == 5, "the slot trimmed to 5", timeout=2, sid=sid)
