@@ -91,9 +91,16 @@ def test_cluster_consistent_after_fuzzing(fuzz_shoald):
     """Run last in this module: whatever the fuzzer created is whole, and the originals still work."""
     d = fuzz_shoald
     # the fuzzer may have drained or paused the node: give it back
-    node = d.request("GET", "/nodes")[2][0]
-    d.request("POST", f"/nodes/{node['ID']}/update?version={node['Version']['Index']}",
-              {**node["Spec"], "Availability": "active", "Role": "manager"})
+    # (read-modify-write, as the CLI does; the node may change in between — a status or description write —
+    # so retry on "update out of sequence" instead of going on with a drained node)
+    for _ in range(10):
+        node = d.request("GET", "/nodes")[2][0]
+        status, _, answer = d.request("POST", f"/nodes/{node['ID']}/update?version={node['Version']['Index']}",
+                                      {**node["Spec"], "Availability": "active", "Role": "manager"})
+        if status == 200:
+            break
+        assert "update out of sequence" in str(answer), answer
+    assert d.request("GET", "/nodes")[2][0]["Spec"]["Availability"] == "active"
 
     _, _, services = d.request("GET", "/services")
     _, _, networks = d.request("GET", "/networks")
