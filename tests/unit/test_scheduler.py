@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from shoal.manager.scheduler.constraint import node_matches, parse
 from shoal.manager.scheduler.filters import ReadyFilter, ResourceFilter
 from shoal.manager.scheduler.nodeinfo import MAX_FAILURES
 from shoal.manager.scheduler.scheduler import Scheduler
+from shoal.model.constraint import node_matches, parse
 
 GiB = 2**30
 CPU = 10**9

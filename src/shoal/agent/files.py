@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.executor.docker import task_name
 from shoal.agent.template import TemplateError, context, expand
 from shoal.model.secrets import SINGULAR, file_owner, references, target_path
+from shoal.model.task import task_name
 
 log = logging.getLogger(__name__)
 

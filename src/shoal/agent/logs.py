@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from shoal.aio import cancel_all
+from shoal.model import labels
 from shoal.tls import peer_identity
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-L_SERVICE_ID = "com.docker.swarm.service.id"
-L_TASK_ID = "com.docker.swarm.task.id"
 POLL = 0.5  # how often a following reader looks for new task containers
 
 
@@ -127,7 +126,7 @@ async def _container_lines(proxy: EngineProxy, cid: str, task_id: str, q: LogQue
 async def local_logs(proxy: EngineProxy, q: LogQuery, out: asyncio.Queue, node_id: str = "") -> None:
     """Put every log line of this host's matching task containers on ``out``; returns when all are read
     (never, when following: cancel it)."""
-    label = f"{L_TASK_ID}={q.task}" if q.task else f"{L_SERVICE_ID}={q.service}"
+    label = f"{labels.TASK_ID}={q.task}" if q.task else f"{labels.SERVICE_ID}={q.service}"
     query = urlencode({"all": "1", "filters": json.dumps({"label": [label]})})
     seen: set[str] = set()
     readers: list[asyncio.Task] = []
@@ -140,7 +139,7 @@ async def local_logs(proxy: EngineProxy, q: LogQuery, out: asyncio.Queue, node_i
                     if c["Id"] in seen:
                         continue
                     seen.add(c["Id"])
-                    tid = (c.get("Labels") or {}).get(L_TASK_ID, "")
+                    tid = (c.get("Labels") or {}).get(labels.TASK_ID, "")
                     readers.append(asyncio.create_task(_container_lines(proxy, c["Id"], tid, q, out, node_id)))
             if not q.follow:
                 break

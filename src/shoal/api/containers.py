@@ -17,10 +17,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from shoal.agent.attachments import GRACE, attach_network, collect_once, detach_network
-from shoal.api.networks import PLUGIN_DRIVER, engine_network, pick
+from shoal.api.networks import engine_network, pick
 from shoal.api.server import route
+from shoal.model import labels
 from shoal.model.errors import APIError, NotFound
-from shoal.network.agent import TWIN_ID
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -37,20 +37,20 @@ async def _is_swarm_network(daemon: Daemon, ref: str) -> bool:
     if ref in BUILTIN or ref.startswith("container:"):
         return False
     local = await engine_network(daemon, ref)
-    return local is None or local.get("Driver") == PLUGIN_DRIVER
+    return local is None or local.get("Driver") == labels.PLUGIN_DRIVER
 
 
 async def _twin_name(daemon: Daemon, ref: str) -> str | None:
     """The engine's twin of the swarm network ``ref`` (ID, name or ID prefix) on this node, if any."""
     nets = (daemon.netagent.netmap.get("networks") if daemon.netagent else None) or {}
     nid = pick(nets, ref, lambda i: i, lambda i: nets[i].get("name", ""))
-    query = json.dumps({"label": [f"{TWIN_ID}={nid or ref}"]})
+    query = json.dumps({"label": [f"{labels.TWIN_ID}={nid or ref}"]})
     async with daemon.proxy.session.get("http://docker/networks", params={"filters": query}) as resp:
         twins = await resp.json() if resp.status == 200 else []
     if twins:
         return twins[0]["Name"]
     local = await engine_network(daemon, ref)  # the twin named as the network
-    return local["Name"] if local and local.get("Driver") == PLUGIN_DRIVER else None
+    return local["Name"] if local and local.get("Driver") == labels.PLUGIN_DRIVER else None
 
 
 async def _attach(daemon: Daemon, ref: str, container: str, user_ep: dict | None,

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.server import json_response, read_json, route
+from shoal.model import labels
 from shoal.model.errors import APIError, NotFound
 from shoal.model.network import name_conflict, new_network, resource, spec_from_request
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from shoal.daemon import Daemon
 
 FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
-PLUGIN_DRIVER = "shoal"  # the engine-local twins of swarm networks, made by our plugin: hidden
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ async def engine_network(daemon: Daemon, ref: str) -> dict | None:
 async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
     local = await daemon.proxy.get_json("/networks")
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
-    out = [n for n in local if n.get("Driver") != PLUGIN_DRIVER]
+    out = [n for n in local if n.get("Driver") != labels.PLUGIN_DRIVER]
     if _swarm_active(daemon):
         out += [resource(n) for n in daemon.objs.list("networks")]
     else:
@@ -103,7 +103,7 @@ async def inspect_network(daemon: Daemon, request: web.Request, ref: str) -> web
     if found is not None:
         return json_response(found)
     local = await engine_network(daemon, ref)
-    if local is not None and local.get("Driver") == PLUGIN_DRIVER:
+    if local is not None and local.get("Driver") == labels.PLUGIN_DRIVER:
         # the engine's twin of a swarm network this node no longer takes part in: hidden
         raise NotFound(f"network {ref} not found")
     return await daemon.proxy.handle(request)

@@ -20,7 +20,7 @@ from shoal.manager.ipam import FIRST_VNI, PortPool, Subnet, check_overlap, next_
 from shoal.model import states
 from shoal.model.errors import InvalidArgument, NotFound
 from shoal.model.ids import now
-from shoal.model.network import VXLAN_OPTION
+from shoal.model.labels import VXLAN_ID
 from shoal.store.objects import Change, Objects
 
 
@@ -31,7 +31,7 @@ def _subnet_of(net: dict) -> tuple[str, str]:
 
 def vni_of(net: dict) -> int:
     opts = (net.get("DriverState") or {}).get("Options") or {}
-    return int(opts.get(VXLAN_OPTION, "0").split(",")[0] or 0)
+    return int(opts.get(VXLAN_ID, "0").split(",")[0] or 0)
 
 
 def service_networks(svc: dict) -> list[dict]:
@@ -108,7 +108,7 @@ class NetworkAllocator:
             vni += 1
         net["IPAMOptions"] = {"Driver": (spec.get("IPAMOptions") or {}).get("Driver") or {"Name": "default"},
                               "Configs": [{"Subnet": cfg["Subnet"], "Gateway": cfg["Gateway"]}]}
-        net["DriverState"] = {"Name": "overlay", "Options": {VXLAN_OPTION: str(vni)}}
+        net["DriverState"] = {"Name": "overlay", "Options": {VXLAN_ID: str(vni)}}
         self._add_network(net)
         return net
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class StoreError(Exception):
+    """The store could not serve a request (unreachable, no quorum, ...): the API answers 503."""
+
+
 class APIError(Exception):
     """An error with the HTTP status Docker gives it."""
 

@@ -9,7 +9,6 @@ import re
 from shoal.model.errors import BadRequest, Conflict, InvalidArgument
 from shoal.model.ids import new_id, now
 
-VXLAN_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 INGRESS_NAME = "ingress"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 

@@ -44,14 +44,6 @@ def mode_of(spec: dict) -> str:
     return "replicated"
 
 
-def replicas_of(spec: dict) -> int:
-    rep = (spec.get("Mode") or {}).get("Replicated")
-    if rep is None:
-        return 1
-    n = rep.get("Replicas")
-    return 1 if n is None else int(n)
-
-
 def validate_spec(spec: Any) -> dict:
     """Check a ServiceSpec as Docker's daemon does; return it normalised (mode made explicit)."""
     if not isinstance(spec, dict):
@@ -161,7 +153,7 @@ def _validate_task_template(tt: dict) -> None:
         raise InvalidArgument("TaskSpec: restart-window cannot be negative")
     _uint_field(restart.get("MaxAttempts"), "RestartPolicy.TaskTemplate.RestartPolicy.MaxAttempts")
     placement = tt.get("Placement") or {}
-    from shoal.manager.scheduler.constraint import validate
+    from shoal.model.constraint import validate
 
     try:
         validate(placement.get("Constraints") or [])

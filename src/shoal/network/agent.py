@@ -29,11 +29,11 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from shoal.model import labels
+from shoal.model.addr import ip_of
+
 log = logging.getLogger(__name__)
 
-DRIVER = "shoal"
-TWIN_LABEL = "shoal.network"
-TWIN_ID = "shoal.network.id"  # label and driver option: the swarm network's ID
 NETWORK_WAIT = 20.0  # how long a task waits for its networks to appear in the applied map
 ADDRESS_WAIT = 5.0  # ... and for this node's own address on its DNS network
 KEEP_RECENT = 60.0  # a twin used by a task preparation this recently is never pruned
@@ -43,10 +43,6 @@ RETRY = 1.0  # ... and this soon after a failed apply
 
 class NetworkError(Exception):
     """A task's networks cannot be set up; the message says why."""
-
-
-def _ip(cidr: str) -> str:
-    return cidr.split("/")[0]
 
 
 class NetworkAgent:
@@ -163,7 +159,7 @@ class NetworkAgent:
         host: dict[str, Any] = {"NetworkMode": name}
         local = (self.network(dns_net) or {}).get("local_addr")
         if local:
-            host["Dns"] = [_ip(local)]
+            host["Dns"] = [ip_of(local)]
         return {"HostConfig": host,
                 "NetworkingConfig": {"EndpointsConfig": {name: self._endpoint(task, first)}}}
 
@@ -182,7 +178,7 @@ class NetworkAgent:
     def _endpoint(task: dict, att: dict) -> dict:
         # no Aliases: the engine's DNS would answer them (and the service name) with this container's
         # address to queriers on the same node, instead of the VIP; shoal's DNS answers them
-        return {"IPAMConfig": {"IPv4Address": _ip(att["Addresses"][0])}}
+        return {"IPAMConfig": {"IPv4Address": ip_of(att["Addresses"][0])}}
 
     def _dns_network(self, atts: list[dict]) -> str:
         """The network whose node address serves DNS: the first one that is not the ingress network.
@@ -224,7 +220,7 @@ class NetworkAgent:
         return self._docker
 
     async def _twins(self) -> list[dict]:
-        return await self._engine().networks.list(filters={"label": [TWIN_LABEL]})
+        return await self._engine().networks.list(filters={"label": [labels.TWIN]})
 
     async def _twin(self, net: dict) -> str:
         """The name of the engine-local network standing for swarm network ``net``, made if missing."""
@@ -232,11 +228,11 @@ class NetworkAgent:
         async with self._twin_lock:
             self._recent[nid] = asyncio.get_running_loop().time()
             for t in await self._twins():
-                if (t.get("Labels") or {}).get(TWIN_ID) == nid:
+                if (t.get("Labels") or {}).get(labels.TWIN_ID) == nid:
                     return t["Name"]
             name = net["Spec"]["Name"]
             clash = [n for n in await self._engine().networks.list(filters={"name": [name]}) if n["Name"] == name]
-            if clash and (clash[0].get("Labels") or {}).get(TWIN_LABEL):
+            if clash and (clash[0].get("Labels") or {}).get(labels.TWIN):
                 with contextlib.suppress(DockerError):  # twin of an older swarm network of that name
                     await (await self._engine().networks.get(clash[0]["Id"])).delete()
                     clash = []
@@ -249,10 +245,10 @@ class NetworkAgent:
             if cfg.get("Gateway"):
                 ipam["Gateway"] = cfg["Gateway"]
             body = {
-                "Name": name, "Driver": DRIVER, "CheckDuplicate": True,
+                "Name": name, "Driver": labels.PLUGIN_DRIVER, "CheckDuplicate": True,
                 "Internal": bool(net["Spec"].get("Internal")),
-                "IPAM": {"Driver": DRIVER, "Config": [ipam]},
-                "Options": {TWIN_ID: nid}, "Labels": {TWIN_LABEL: "1", TWIN_ID: nid},
+                "IPAM": {"Driver": labels.PLUGIN_DRIVER, "Config": [ipam]},
+                "Options": {labels.TWIN_ID: nid}, "Labels": {labels.TWIN: "1", labels.TWIN_ID: nid},
             }
             try:
                 await self._engine().networks.create(body)
@@ -267,7 +263,7 @@ class NetworkAgent:
         try:
             async with self._twin_lock:
                 for t in await asyncio.wait_for(self._twins(), 10):
-                    nid = (t.get("Labels") or {}).get(TWIN_ID, "")
+                    nid = (t.get("Labels") or {}).get(labels.TWIN_ID, "")
                     if nid in keep or (not force and now - self._recent.get(nid, -KEEP_RECENT) < KEEP_RECENT):
                         continue
                     try:

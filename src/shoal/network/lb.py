@@ -31,16 +31,13 @@ import json
 import logging
 from pathlib import Path
 
+from shoal.model.addr import ip_of
 from shoal.network.overlay import bridge_name
 
 log = logging.getLogger(__name__)
 
 TABLE = "shoal"
 PROTOCOLS = ("tcp", "udp", "sctp")
-
-
-def _ip(cidr: str) -> str:
-    return cidr.split("/")[0]
 
 
 def _comment(text: str) -> str:
@@ -60,7 +57,7 @@ def ingress_network(netmap: dict) -> str | None:
 def render(netmap: dict, table: str = TABLE) -> str:
     """The complete ``nft -f`` script for ``netmap``: (re)creates ``table ip <table>`` in one transaction."""
     nets = netmap.get("networks") or {}
-    local = {nid: _ip(n["local_addr"]) for nid, n in sorted(nets.items()) if n.get("local_addr")}
+    local = {nid: ip_of(n["local_addr"]) for nid, n in sorted(nets.items()) if n.get("local_addr")}
     services = sorted(netmap.get("services") or [], key=lambda s: s["name"])
     pre: list[str] = []
     out: list[str] = []
@@ -73,7 +70,7 @@ def render(netmap: dict, table: str = TABLE) -> str:
         for nid, vip in sorted((svc.get("vips") or {}).items()):
             if nid not in local:  # no own address on the network: nothing to SNAT to
                 continue
-            vip = _ip(vip)
+            vip = ip_of(vip)
             vips.append(vip)
             backends = (svc.get("backends") or {}).get(nid) or []
             if backends:
@@ -85,7 +82,7 @@ def render(netmap: dict, table: str = TABLE) -> str:
     ingress = ingress_network(netmap)
     # the mesh answers on the node's own addresses, not on overlay addresses (VIPs, bridges) that are
     # local only so containers can reach them
-    overlay_addrs = sorted({_ip(v) for svc in services for nid, v in (svc.get("vips") or {}).items() if nid in local}
+    overlay_addrs = sorted({ip_of(v) for svc in services for nid, v in (svc.get("vips") or {}).items() if nid in local}
                            | {ip for nid, ip in local.items() if nid != ingress}, key=ipaddress.IPv4Address)
     not_overlay = f"ip daddr != {{ {', '.join(overlay_addrs)} }} " if overlay_addrs else ""
     if ingress in local:

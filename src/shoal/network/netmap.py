@@ -24,12 +24,9 @@ from __future__ import annotations
 
 from shoal.manager.allocator import vni_of
 from shoal.model import states
+from shoal.model.addr import ip_of
 from shoal.model.network import resource
 from shoal.store.objects import Objects
-
-
-def _ip(cidr: str) -> str:
-    return cidr.split("/")[0]
 
 
 def _live(task: dict) -> bool:
@@ -78,7 +75,7 @@ def compute(objs: Objects, node_id: str) -> dict:
             continue
         for a in other.get("Attachments") or []:
             if a["Network"]["ID"] in peers and a.get("Addresses"):
-                peers[a["Network"]["ID"]].append({"ip": _ip(a["Addresses"][0]), "vtep": vtep})
+                peers[a["Network"]["ID"]].append({"ip": ip_of(a["Addresses"][0]), "vtep": vtep})
     services = []
     for svc in objs.list("services"):
         tasks = objs.tasks_of_service(svc["ID"])
@@ -92,13 +89,13 @@ def compute(objs: Objects, node_id: str) -> dict:
                 svc_nets.add(nid)
                 if nid not in out_nets or not a.get("Addresses"):
                     continue
-                ip = _ip(a["Addresses"][0])
+                ip = ip_of(a["Addresses"][0])
                 if _present(t) and t.get("NodeID") and t["NodeID"] != node_id and vtep:
                     peers[nid].append({"ip": ip, "vtep": vtep})
                 if _serving(t):
                     backends.setdefault(nid, []).append(ip)
         ep = svc.get("Endpoint") or {}
-        vips = {v["NetworkID"]: _ip(v["Addr"]) for v in ep.get("VirtualIPs") or [] if v.get("Addr")}
+        vips = {v["NetworkID"]: ip_of(v["Addr"]) for v in ep.get("VirtualIPs") or [] if v.get("Addr")}
         if not (svc_nets | set(vips)) & set(out_nets) and not ep.get("Ports"):
             continue
         aliases = {n["Target"]: n.get("Aliases") or []
@@ -121,10 +118,10 @@ def compute(objs: Objects, node_id: str) -> dict:
             if not a.get("Addresses") or not _live(t):
                 continue
             if t.get("NodeID") == node_id:
-                attachments.append({"id": t["ID"], "network": nid, "ip": _ip(a["Addresses"][0]),
+                attachments.append({"id": t["ID"], "network": nid, "ip": ip_of(a["Addresses"][0]),
                                     "created": t.get("CreatedAt", "")})
             elif nid in peers and vtep:
-                peers[nid].append({"ip": _ip(a["Addresses"][0]), "vtep": vtep})
+                peers[nid].append({"ip": ip_of(a["Addresses"][0]), "vtep": vtep})
     for nid in peers:
         seen: dict[str, dict] = {}
         for p in peers[nid]:

@@ -29,6 +29,7 @@ from aiohttp import web
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from shoal.model import labels
 from shoal.network.overlay import bridge_name, mac_of
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = Path("/run/docker/plugins/shoal.sock")
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 GENERIC_OPTION = "com.docker.network.generic"
-NETWORK_ID_OPTION = "shoal.network.id"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # RequestAddress Options["RequestAddressType"]
 
 Handler = Callable[[dict], Awaitable[dict]]
@@ -145,9 +145,9 @@ class PluginServer:
 
     async def create_network(self, req: dict) -> dict:
         generic = (req.get("Options") or {}).get(GENERIC_OPTION) or {}
-        swarm_id = generic.get(NETWORK_ID_OPTION)
+        swarm_id = generic.get(labels.TWIN_ID)
         if not swarm_id:
-            raise PluginError(f"shoal: networks of the shoal driver are made by shoald (option {NETWORK_ID_OPTION})")
+            raise PluginError(f"shoal: networks of the shoal driver are made by shoald (option {labels.TWIN_ID})")
         self.networks[req["NetworkID"]] = swarm_id
         return {}
 

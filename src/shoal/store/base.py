@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-
-class StoreError(Exception):
-    """The store could not serve a request (unreachable, no quorum, ...)."""
+from shoal.model.errors import StoreError as StoreError  # the store's errors are the API's 503
 
 
 class CompactedError(StoreError):

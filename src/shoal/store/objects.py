@@ -19,14 +19,13 @@ from typing import Any
 import orjson
 
 from shoal.model.errors import NameConflict, OutOfSequence
+from shoal.model.kinds import KINDS, NAMED, name_of
 from shoal.store.base import KV, CompactedError, Compare, Delete, Op, Put, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/shoal/objects/"
 NAMES = "/shoal/names/"
-KINDS = ("clusters", "nodes", "services", "tasks", "networks", "secrets", "configs")
-NAMED = {"services": "service", "networks": "network", "secrets": "secret", "configs": "config"}
 
 
 def obj_key(kind: str, oid: str) -> str:
@@ -35,12 +34,6 @@ def obj_key(kind: str, oid: str) -> str:
 
 def name_key(kind: str, name: str) -> str:
     return f"{NAMES}{kind}/{name}"
-
-
-def name_of(kind: str, obj: dict) -> str | None:
-    if kind not in NAMED:
-        return None
-    return (obj.get("Spec") or {}).get("Name")
 
 
 def _encode(obj: dict) -> bytes:

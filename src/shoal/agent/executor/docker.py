@@ -18,26 +18,14 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from shoal.model import labels
 from shoal.model.service import DEFAULT_STOP_GRACE
+from shoal.model.task import task_name
 
 log = logging.getLogger(__name__)
 
-L_NODE = "com.docker.swarm.node.id"
-L_SERVICE_ID = "com.docker.swarm.service.id"
-L_SERVICE_NAME = "com.docker.swarm.service.name"
-L_TASK = "com.docker.swarm.task"
-L_TASK_ID = "com.docker.swarm.task.id"
-L_TASK_NAME = "com.docker.swarm.task.name"
-
-
 class ExecutorError(Exception):
     """The engine refused; ``message`` is the engine's own text."""
-
-
-def task_name(task: dict) -> str:
-    svc = (task.get("ServiceAnnotations") or {}).get("Name", task["ServiceID"])
-    middle = task["Slot"] if task.get("Slot") else task.get("NodeID", "")
-    return f"{svc}.{middle}.{task['ID']}"
 
 
 def _mount(m: dict) -> dict:
@@ -56,8 +44,8 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
     svc = task.get("ServiceAnnotations") or {}
     labels = dict(cs.get("Labels") or {})
     labels.update({
-        L_NODE: node_id, L_SERVICE_ID: task["ServiceID"], L_SERVICE_NAME: svc.get("Name", ""),
-        L_TASK: "", L_TASK_ID: task["ID"], L_TASK_NAME: name,
+        labels.NODE_ID: node_id, labels.SERVICE_ID: task["ServiceID"], labels.SERVICE_NAME: svc.get("Name", ""),
+        labels.TASK: "", labels.TASK_ID: task["ID"], labels.TASK_NAME: name,
     })
     res = spec.get("Resources") or {}
     limits = res.get("Limits") or {}
@@ -165,7 +153,7 @@ class DockerExecutor:
         self._events_task = asyncio.create_task(self._events(node_id, callback), name="docker-events")
 
     async def _events(self, node_id: str, callback: Callable[[str, str, dict], None]) -> None:
-        filters = {"type": ["container"], "label": [f"{L_NODE}={node_id}"]}
+        filters = {"type": ["container"], "label": [f"{labels.NODE_ID}={node_id}"]}
         while True:
             try:
                 async with self.docker._query(
@@ -180,7 +168,7 @@ class DockerExecutor:
                         except ValueError:
                             continue
                         attrs = (ev.get("Actor") or {}).get("Attributes") or {}
-                        tid = attrs.get(L_TASK_ID)
+                        tid = attrs.get(labels.TASK_ID)
                         if tid:
                             callback(tid, ev.get("Action") or ev.get("status", ""), ev)
             except asyncio.CancelledError:
@@ -193,10 +181,10 @@ class DockerExecutor:
     async def containers(self, node_id: str) -> dict[str, dict]:
         """Our containers by task ID (running or not)."""
         items = await self.docker.containers.list(
-            all=True, filters={"label": [f"{L_NODE}={node_id}"]})
+            all=True, filters={"label": [f"{labels.NODE_ID}={node_id}"]})
         out = {}
         for c in items:
-            tid = (c._container.get("Labels") or {}).get(L_TASK_ID)
+            tid = (c._container.get("Labels") or {}).get(labels.TASK_ID)
             if tid:
                 out[tid] = c._container
         return out
@@ -222,7 +210,7 @@ class DockerExecutor:
         except DockerError as e:
             if e.status == 409:  # created before a crash: adopt it
                 info = await self.inspect(task_name(task))
-                if info and (info["Config"]["Labels"] or {}).get(L_TASK_ID) == task["ID"]:
+                if info and (info["Config"]["Labels"] or {}).get(labels.TASK_ID) == task["ID"]:
                     return info["Id"]
             raise ExecutorError(e.message) from None
         return c.id

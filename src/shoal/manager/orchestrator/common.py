@@ -8,9 +8,7 @@ import time
 from shoal.model import states
 from shoal.model.ids import new_id, now, parse_time
 from shoal.model.service import mode_of, restart_policy
-
-# Task fields that are shoal's own bookkeeping, never shown by the API.
-INTERNAL_FIELDS = ("ServiceAnnotations", "SpecVersion")
+from shoal.model.task import is_dirty as is_dirty
 
 
 def new_task(service: dict, slot: int, node_id: str = "", desired: str = states.RUNNING) -> dict:
@@ -38,14 +36,6 @@ def new_task(service: dict, slot: int, node_id: str = "", desired: str = states.
     elif spec.get("EndpointSpec"):
         task["Endpoint"] = {"Spec": spec["EndpointSpec"]}
     return task
-
-
-def is_dirty(service: dict, task: dict) -> bool:
-    """The task was made from another version of the service's task template."""
-    if task.get("Spec") != (service["Spec"].get("TaskTemplate") or {}):
-        return True
-    ep = task.get("Endpoint")
-    return ep is not None and (ep.get("Spec") or {}) != (service["Spec"].get("EndpointSpec") or {"Mode": "vip"})
 
 
 def observed(task: dict) -> str:

@@ -24,8 +24,8 @@ from shoal.manager.orchestrator.common import (
     slot_key,
 )
 from shoal.manager.orchestrator.restart import RestartSupervisor
-from shoal.manager.scheduler.constraint import node_matches, parse
 from shoal.model import states
+from shoal.model.constraint import node_matches, parse
 from shoal.model.ids import now
 from shoal.model.service import DEFAULT_UPDATE, restart_policy
 from shoal.store.objects import Change, Objects

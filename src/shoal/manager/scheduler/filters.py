@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .constraint import Constraint, attrs_match, parse
+from shoal.model.constraint import Constraint, attrs_match, parse
+
 from .nodeinfo import NodeInfo, normalize_arch, task_host_ports, task_reservations
 
 Task = dict[str, Any]

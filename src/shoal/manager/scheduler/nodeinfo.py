@@ -11,31 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from .constraint import NodeAttributes
+from shoal.model import states
+from shoal.model.constraint import NodeAttributes
 
 Node = dict[str, Any]
 Task = dict[str, Any]
-
-#: Task states in lifecycle order (swarmkit's ``api.TaskState`` values).
-TASK_STATE_ORDER: dict[str, int] = {
-    "new": 0,
-    "pending": 64,
-    "assigned": 192,
-    "accepted": 256,
-    "preparing": 320,
-    "ready": 384,
-    "starting": 448,
-    "running": 512,
-    "complete": 576,
-    "shutdown": 640,
-    "failed": 704,
-    "rejected": 768,
-    "remove": 800,
-    "orphaned": 832,
-}
-STATE_PENDING = TASK_STATE_ORDER["pending"]
-STATE_RUNNING = TASK_STATE_ORDER["running"]
-STATE_COMPLETE = TASK_STATE_ORDER["complete"]
 
 #: Look-back window (seconds) for counting a service's failures on a node.
 MONITOR_FAILURES = 300.0
@@ -45,7 +25,7 @@ MAX_FAILURES = 5
 
 def desired_active(task: Task) -> bool:
     """True if the task's DesiredState is ``complete`` or earlier (it should run / counts as active)."""
-    return TASK_STATE_ORDER.get(task.get("DesiredState") or "running", 0) <= STATE_COMPLETE
+    return states.rank(task.get("DesiredState") or states.RUNNING) <= states.rank(states.COMPLETE)
 
 
 def task_reservations(task: Task) -> tuple[int, int]:

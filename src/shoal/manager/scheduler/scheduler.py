@@ -38,12 +38,11 @@ from heapq import heapify, heappop, heapreplace
 from types import MappingProxyType
 from typing import Any
 
-from .constraint import ENGINE_LABEL_PREFIX, NODE_LABEL_PREFIX
+from shoal.model import states
+from shoal.model.constraint import ENGINE_LABEL_PREFIX, NODE_LABEL_PREFIX
+
 from .filters import Filter, enabled_filters, explain_failures, no_suitable_node
 from .nodeinfo import (
-    STATE_PENDING,
-    STATE_RUNNING,
-    TASK_STATE_ORDER,
     NodeInfo,
     TaskRecord,
     desired_active,
@@ -55,7 +54,8 @@ from .strategy import get_strategy, strategy_name
 Node = dict[str, Any]
 Task = dict[str, Any]
 
-_FAILED_STATES = frozenset((TASK_STATE_ORDER["failed"], TASK_STATE_ORDER["rejected"]))
+_PENDING = states.rank(states.PENDING)
+_RUNNING = states.rank(states.RUNNING)
 
 
 class Scheduler:
@@ -137,20 +137,21 @@ class Scheduler:
         still ``pending`` with a NodeID are left for :meth:`schedule` to confirm.
         """
         task_id = task["ID"]
-        state = TASK_STATE_ORDER.get((task.get("Status") or {}).get("State") or "new", 0)
-        if state < STATE_PENDING:
+        observed = (task.get("Status") or {}).get("State") or states.NEW
+        state = states.rank(observed)
+        if state < _PENDING:
             return False
-        if state > STATE_RUNNING:
+        if state > _RUNNING:
             node_id = self._task_node.get(task_id)
             if node_id is None:
                 return False
-            if state in _FAILED_STATES and (ni := self._nodes.get(node_id)) is not None:
+            if states.failed(observed) and (ni := self._nodes.get(node_id)) is not None:
                 ni.task_failed(task.get("ServiceID") or "", self._clock())
             return self.remove_task(task_id)
         node_id = task.get("NodeID")
         if not node_id:
             return False
-        if state == STATE_PENDING:
+        if state == _PENDING:
             return self.remove_task(task_id)
         return self._track(task_id, node_id, TaskRecord.from_task(task))
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from shoal.model import labels
+
 from .nodeinfo import MAX_FAILURES, MONITOR_FAILURES, NodeInfo
 
-STRATEGY_LABEL = "shoal.strategy"
+STRATEGY_LABEL = labels.STRATEGY
 DEFAULT_STRATEGY = "spread"
 
 __all__ = [
