@@ -103,6 +103,19 @@ class NodeTLS:
     def key(self) -> Path:
         return self.dir / "swarm-node.key"
 
+    @property
+    def ca_key(self) -> Path:
+        """The root CA's key: on managers only."""
+        return self.dir / "swarm-root-ca.key"
+
+    def write_ca_key(self, key_pem: bytes) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_key.write_bytes(key_pem)
+        self.ca_key.chmod(0o600)
+
+    def remove_ca_key(self) -> None:
+        self.ca_key.unlink(missing_ok=True)
+
     def write(self, ca_pem: bytes, cert_pem: bytes, key: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca.write_bytes(ca_pem)

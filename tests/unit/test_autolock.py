@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shoal import autolock
+from shoal.manager import autolock
 from shoal.manager.ca import make_root_ca
 from shoal.model.errors import BadRequest
+from shoal.node.keylock import KeyLock
 
 
 def _data_dir(tmp_path):
@@ -37,7 +38,7 @@ def test_human_key_round_trip():
 
 def test_lock_unlock_rotate_disable(tmp_path):
     data = _data_dir(tmp_path)
-    lock = autolock.KeyLock(data, runtime_root=tmp_path / "shm")
+    lock = KeyLock(data, runtime_root=tmp_path / "shm")
     key = autolock.new_key()
     lock.enable(key)
     assert lock.enabled and _plain(data) == []

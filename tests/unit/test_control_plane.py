@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from shoal.daemon import default_cluster_spec
 from shoal.manager.allocator import Allocator
 from shoal.manager.dispatcher import assigned_to, update_status
 from shoal.manager.orchestrator.orchestrator import Orchestrator
 from shoal.manager.reaper import Reaper
 from shoal.manager.scheduler.controller import SchedulerController
 from shoal.model import states
+from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
 from shoal.model.service import SECOND, validate_spec
 from shoal.store.memory import MemoryStore

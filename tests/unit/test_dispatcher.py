@@ -1,18 +1,20 @@
 """The dispatcher's node-loss detection, in process: a MemoryStore, the real Dispatcher, and agents
 simulated as tasks that send heartbeats over an in-loop channel (as through TLS and WebSocket framing,
-a message takes a few loop iterations to be read)."""
+a message takes a few loop iterations to be read). Time is virtual (FakeClock): the dispatcher and the
+agents sleep on it, and the tests move it."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from fakeclock import FakeClock
 
-from shoal.daemon import default_cluster_spec
+from shoal.cluster.messages import Heartbeat, Hello, Message
 from shoal.manager.dispatcher import AgentSession, Dispatcher, heartbeat_interval
+from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
 from shoal.model.service import SECOND
 from shoal.store.memory import MemoryStore
@@ -56,31 +58,39 @@ def node(i: int) -> dict:
             "Description": {"Hostname": f"node-{i}"}, "Status": {"State": "unknown"}}
 
 
+class NullChannel:
+    """The transport of a simulated session: what the dispatcher sends goes nowhere."""
+
+    async def send(self, msg: Message) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
 class Harness:
-    def __init__(self, objs: RecordingObjects, dispatcher: Dispatcher) -> None:
+    def __init__(self, objs: RecordingObjects, dispatcher: Dispatcher, clock: FakeClock) -> None:
         self.objs = objs
         self.dispatcher = dispatcher
+        self.clock = clock
         self.agents: dict[str, SimAgent] = {}
 
     async def connect(self, node_id: str) -> SimAgent:
-        async def send(msg: dict) -> None:
-            pass
-
-        s = await self.dispatcher.open(node_id, send, {"addr": "10.0.0.1"}, "10.0.0.1")
+        s = await self.dispatcher.open(node_id, "worker", NullChannel(), Hello(addr="10.0.0.1"), "10.0.0.1")
         agent = SimAgent(s)
-        inbox: asyncio.Queue[dict] = asyncio.Queue()
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(heartbeat_interval(self.objs))
+                await self.clock.sleep(heartbeat_interval(self.objs))
                 if agent.beating:
-                    inbox.put_nowait({"type": "heartbeat"})
+                    inbox.put_nowait(Heartbeat())
 
         async def read() -> None:
             while True:
                 msg = await inbox.get()
                 await asyncio.sleep(0)  # framing and decryption take another turn of the loop
-                await self.dispatcher.handle(s, msg)
+                await self.dispatcher.receive(s, msg)
 
         agent.tasks = [asyncio.create_task(beat()), asyncio.create_task(read())]
         self.agents[node_id] = agent
@@ -98,9 +108,10 @@ async def harness() -> AsyncIterator[Harness]:
     objs = RecordingObjects(MemoryStore())
     await objs.start()
     await objs.create("clusters", cluster(5 * SECOND))
-    dispatcher = Dispatcher(objs)
+    clock = FakeClock()
+    dispatcher = Dispatcher(objs, clock=clock)
     runner = asyncio.create_task(dispatcher.run())
-    h = Harness(objs, dispatcher)
+    h = Harness(objs, dispatcher, clock)
     try:
         yield h
     finally:
@@ -113,16 +124,8 @@ async def harness() -> AsyncIterator[Harness]:
 
 
 async def wait_state(h: Harness, node_id: str, state: str, timeout: float) -> float:
-    """Seconds until the node is in ``state``; fails after ``timeout``."""
-    t0 = time.monotonic()
-    watcher = h.objs.watcher(("nodes",))
-    try:
-        async with asyncio.timeout(timeout):
-            while h.state(node_id) != state:
-                await watcher.wait()
-    finally:
-        h.objs.unwatch(watcher)
-    return time.monotonic() - t0
+    """(Virtual) seconds until the node is in ``state``; fails after ``timeout``."""
+    return await h.clock.until(lambda: h.state(node_id) == state, timeout)
 
 
 async def test_a_stalled_manager_marks_no_live_node_down(harness: Harness) -> None:
@@ -130,13 +133,13 @@ async def test_a_stalled_manager_marks_no_live_node_down(harness: Harness) -> No
     ids = [(await h.objs.create("nodes", node(i)))["ID"] for i in range(4)]
     for nid in ids:
         await h.connect(nid)
-    await asyncio.sleep(1.5)
+    await h.clock.advance(1.5)
     assert [h.state(n) for n in ids] == ["ready"] * 4
     # node 3's agent dies 1 s before the stall; its session stays open (no TCP reset after a power loss)
     h.agents[ids[3]].beating = False
-    await asyncio.sleep(1.0)
-    time.sleep(4.0)  # noqa: ASYNC251 -- the manager's event loop is blocked: nothing is read, no heartbeat is sent
-    await asyncio.sleep(1.0)
+    await h.clock.advance(1.0)
+    h.clock.jump(4.0)  # the manager's event loop is blocked: nothing is read, no heartbeat is sent
+    await h.clock.advance(1.0)
     assert h.ever_down() == []  # nobody, though every session was silent for 4 s
     # the silent one is still found: 3 intervals of silence outside the stall, so about 2 s from now
     took = await wait_state(h, ids[3], "down", 4.0)
@@ -163,7 +166,7 @@ async def test_detection_time_follows_the_heartbeat_period(harness: Harness) -> 
         nid = (await h.objs.create("nodes", node(period)))["ID"]
         agent = await h.connect(nid)
         await wait_state(h, nid, "ready", 2.0)
-        await asyncio.sleep(1.0)
+        await h.clock.advance(1.0)
         agent.beating = False
         took[period] = await wait_state(h, nid, "down", 6.0)
     # silence counts from the last heartbeat, up to one interval before the agent stopped

@@ -1,26 +1,29 @@
 """A node's description after its session opened: the agent describes itself again every period and
 sends the description only when it changed; the dispatcher writes it to the node only when it differs.
-In process: a MemoryStore, the real Dispatcher, and the real agent session (RemoteSession) over a real
-WebSocket on loopback (plain HTTP here; the cluster port adds mutual TLS)."""
+In process: a MemoryStore, the real Dispatcher behind the real cluster port (ClusterServer, mutual TLS
+with certificates from a real swarm CA) on loopback, and the real agent session (RemoteSession)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import WSMsgType, web
 
 from shoal.agent import session as agent_session
 from shoal.agent.session import RemoteSession
-from shoal.daemon import default_cluster_spec
+from shoal.cluster.client import ClusterClient
+from shoal.cluster.messages import Description, Heartbeat, Hello, Message
+from shoal.cluster.server import Channel, ClusterServer, Peer
+from shoal.manager.ca import make_root_ca
 from shoal.manager.dispatcher import Dispatcher
+from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
 from shoal.store.memory import MemoryStore
 from shoal.store.objects import Change, Objects
+from shoal.tls import NodeTLS, key_pem, make_csr, new_key, sign_csr
 
 
 class CountingObjects(Objects):
@@ -65,15 +68,20 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     dispatcher = Dispatcher(objs)
     sent: list[dict] = []
 
-    async def send(msg: dict) -> None:
-        sent.append(msg)
+    class Recorder:
+        async def send(self, msg: Message) -> None:
+            sent.append(msg.to_wire())
 
-    s = await dispatcher.open(nid, send, {"addr": "10.0.0.2", "description": describe_as({})}, "10.0.0.2")
+        async def close(self) -> None:
+            pass
+
+    s = await dispatcher.open(nid, "worker", Recorder(), Hello(addr="10.0.0.2", description=describe_as({})),
+                              "10.0.0.2")
     assert objs.get("nodes", nid)["Status"]["State"] == "ready"
     before = objs.get("nodes", nid)
     writes = objs.node_writes
 
-    await dispatcher.handle(s, {"type": "description", "description": describe_as({"disk": "ssd"})})
+    await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
     node = objs.get("nodes", nid)
     assert node["Description"]["Engine"]["Labels"] == {"disk": "ssd"}
     assert node["Version"]["Index"] > before["Version"]["Index"] and node["UpdatedAt"] >= before["UpdatedAt"]
@@ -81,7 +89,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     assert objs.node_writes == writes + 1
 
     # the same description again (or one the agent sent twice): no store write at all
-    await dispatcher.handle(s, {"type": "description", "description": describe_as({"disk": "ssd"})})
+    await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
     assert objs.node_writes == writes + 1 and objs.get("nodes", nid) == node
     assert not await dispatcher.update_description(nid, describe_as({"disk": "ssd"}))
     assert objs.node_writes == writes + 1
@@ -90,55 +98,66 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     assert objs.get("nodes", nid)["Description"]["Hostname"] == "worker1b"
     assert not any(m["type"] == "describe-again" for m in sent)
     # a malformed message changes nothing
-    await dispatcher.handle(s, {"type": "description", "description": "nope"})
+    await dispatcher.receive(s, Description("nope"))  # type: ignore[arg-type]
     assert objs.get("nodes", nid)["Description"]["Hostname"] == "worker1b"
 
 
-class Manager:
-    """The manager's end of sessions over a WebSocket, as the cluster port serves it (without TLS)."""
+CLUSTER_ID = "c" * 25
 
-    def __init__(self, objs: Objects) -> None:
+
+def node_tls(root: Path, ca: tuple[bytes, bytes], node_id: str, role: str) -> NodeTLS:
+    """A node's certificate files, signed by the test swarm's CA."""
+    tls = NodeTLS(root / node_id / "certificates")
+    key = new_key()
+    tls.write(ca[0], sign_csr(make_csr(key), ca[0], ca[1], node_id, role, CLUSTER_ID), key_pem(key))
+    return tls
+
+
+class Manager:
+    """A manager's cluster port with the real Dispatcher behind it; remembers what agents said."""
+
+    def __init__(self, objs: Objects, tls: NodeTLS) -> None:
+        self.objs = objs
         self.dispatcher = Dispatcher(objs)
         self.received: list[dict] = []
-        self.runner: web.AppRunner | None = None
+        self.server = ClusterServer(self, self, tls.server_context(), "127.0.0.1", 0)
         self.port = 0
 
-    async def session(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=None)
-        await ws.prepare(request)
-        lock = asyncio.Lock()
+    # NodeEndpoints and ManagerEndpoints, as far as sessions need them
+    node_id = "m" * 25
+    revision = 0
 
-        async def send(msg: dict) -> None:
-            async with lock:
-                await ws.send_str(json.dumps(msg))
+    def cluster_id(self) -> str:
+        return CLUSTER_ID
 
-        hello = json.loads((await ws.receive(timeout=10)).data)
-        self.received.append(hello)
-        s = await self.dispatcher.open(request.query["node"], send, hello, "127.0.0.1")
-        pump = asyncio.create_task(self.dispatcher.pump(s))
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    break
-                data = json.loads(msg.data)
-                if data.get("type") != "heartbeat":
-                    self.received.append(data)
-                await self.dispatcher.handle(s, data)
-        finally:
-            self.dispatcher.close(s)
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        return ws
+    def has_node(self, node_id: str) -> bool:
+        return self.objs.get("nodes", node_id) is not None
+
+    def leader(self) -> str | None:
+        return None
+
+    def sessions(self) -> Manager:
+        return self
+
+    async def open(self, node_id: str, role: str, channel: Channel, hello: Hello, addr: str) -> object:
+        self.received.append(hello.to_wire())
+        return await self.dispatcher.open(node_id, role, channel, hello, addr)
+
+    async def receive(self, session: object, msg: Message) -> None:
+        if not isinstance(msg, Heartbeat):
+            self.received.append(msg.to_wire())
+        await self.dispatcher.receive(session, msg)  # type: ignore[arg-type]
+
+    def close(self, session: object) -> None:
+        self.dispatcher.close(session)  # type: ignore[arg-type]
+
+    async def request(self, peer: Peer, msg: Message) -> Message:
+        raise NotImplementedError
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/session", self.session)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self.server.start()
+        assert self.server._runner is not None
+        self.port = self.server._runner.addresses[0][1]
 
     def descriptions(self) -> list[dict]:
         return [m["description"] for m in self.received if m["type"] in ("hello", "description")]
@@ -153,10 +172,12 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
     raise AssertionError(f"timed out after {timeout}s")
 
 
-async def test_agent_sends_its_description_again_only_when_it_changed(objs: CountingObjects) -> None:
+async def test_agent_sends_its_description_again_only_when_it_changed(objs: CountingObjects,
+                                                                     tmp_path: Path) -> None:
     assert agent_session.DESCRIBE_PERIOD == 20.0  # swarmkit's period; shortened below to keep the test quick
     nid = await new_node(objs)
-    manager = Manager(objs)
+    ca = make_root_ca()
+    manager = Manager(objs, node_tls(tmp_path, ca, Manager.node_id, "manager"))
     await manager.start()
     current = {"desc": describe_as({})}
     calls = 0
@@ -168,11 +189,12 @@ async def test_agent_sends_its_description_again_only_when_it_changed(objs: Coun
             raise current["desc"]
         return json.loads(json.dumps(current["desc"]))
 
-    agent = RemoteSession([f"127.0.0.1:{manager.port}"], None, describe)  # type: ignore[arg-type]
+    client = ClusterClient(node_tls(tmp_path, ca, nid, "worker").client_context)
+    agent = RemoteSession([f"127.0.0.1:{manager.port}"], client, describe)
     agent.describe_period = 0.05
-    http = aiohttp.ClientSession()
-    ws = await http.ws_connect(f"http://127.0.0.1:{manager.port}/session?node={nid}")
-    serving = asyncio.create_task(agent._serve(ws))
+    agent.start()
+    serving = agent._task
+    assert serving is not None
     try:
         await wait_until(lambda: objs.get("nodes", nid)["Status"]["State"] == "ready")
         await wait_until(lambda: calls >= 6)  # five periods with nothing new: nothing sent, nothing written
@@ -196,10 +218,5 @@ async def test_agent_sends_its_description_again_only_when_it_changed(objs: Coun
         assert len(manager.descriptions()) == 3 and objs.node_writes == writes + 2
         assert not serving.done() and objs.get("nodes", nid)["Status"]["State"] == "ready"
     finally:
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await serving
-        await ws.close()
-        await http.close()
-        assert manager.runner is not None
-        await manager.runner.cleanup()
+        await agent.close()
+        await manager.server.stop()

@@ -1,8 +1,9 @@
-"""The agent: runs the tasks assigned to this node and reports their states.
+"""The agent (swarmkit's agent/): a node's worker side, on every node of a swarm.
 
-It talks to the managers only through a :class:`Session` (assignments in, status reports out) and to
-the engine only through the executor. On start it re-adopts its containers by their
-``com.docker.swarm.task.id`` label, so a restart never duplicates a task.
+It keeps the session with the leader (:class:`RemoteSession`: assignments, network maps, secrets and
+configs in; status reports, heartbeats and the node's description out), runs the assigned tasks as
+containers (:class:`Worker`), wires the node into its swarm networks (shoal.network.agent) from the map
+the managers push, and gives back the network attachments of standalone containers that are gone.
 """
 
 from __future__ import annotations
@@ -10,97 +11,144 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Protocol
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from shoal.agent import attachments
+from shoal.agent.attachments import GRACE, AskLeader
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.files import TaskFiles
-from shoal.agent.runner import TaskRunner
-from shoal.model import states
-
-if TYPE_CHECKING:
-    from shoal.network.agent import NetworkAgent
+from shoal.agent.files import unmount as unmount_task_files
+from shoal.agent.logs import local_logs
+from shoal.agent.session import RemoteSession
+from shoal.agent.worker import Worker
+from shoal.aio import cancel_all
+from shoal.cluster.client import ClusterClient
+from shoal.engine import Engine
+from shoal.model.logs import LogLine, LogQuery
+from shoal.network import gwbridge
+from shoal.network.agent import NetworkAgent
 
 log = logging.getLogger(__name__)
 
 
-class Session(Protocol):
-    """The agent's line to the dispatcher."""
+@dataclass
+class AgentConfig:
+    node_id: str
+    addr: str  # the node's advertised address (its VXLAN endpoint)
+    engine: str  # the engine's unix socket
+    task_files: Path  # the tmpfs for the tasks' secret and config files
+    networking: bool = True  # overlay networks, VIPs, routing mesh, DNS on this host
+    plugin_dir: Path = Path("/run/docker/plugins")
 
-    def assigned(self) -> list[dict]:
-        """The tasks currently assigned to this node."""
-        ...
 
-    async def changed(self, timeout: float | None) -> None:
-        """Return when the assignments may have changed (or after ``timeout``)."""
-        ...
+@dataclass(frozen=True)
+class Attached:
+    """An attachment made ready for the engine: the task, the twin network, its endpoint, the DNS."""
 
-    async def report(self, task_id: str, status: dict) -> None: ...
+    task: dict
+    network: str
+    ipam: dict
+    dns: list[str]
 
 
 class Agent:
-    def __init__(self, node_id: str, session: Session, executor: DockerExecutor,
-                 network: NetworkAgent | None = None, files: TaskFiles | None = None) -> None:
-        self.node_id = node_id
-        self.session = session
-        self.ex = executor
-        self.network = network  # None: no swarm networking (containers stay on the default bridge)
-        self.files = files  # secret and config files (None: not delivered)
-        self.runners: dict[str, TaskRunner] = {}
-        self._resync = asyncio.Event()
+    def __init__(self, cfg: AgentConfig, managers: list[str], client: ClusterClient, engine: Engine,
+                 describe: Callable[[], Awaitable[dict]], on_role: Callable[[str, str], None],
+                 ask_leader: AskLeader) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.ask_leader = ask_leader
+        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role)
+        self.executor = DockerExecutor(f"unix://{cfg.engine}")
+        self.network = NetworkAgent(cfg.node_id, f"unix://{cfg.engine}", cfg.plugin_dir) if cfg.networking else None
+        self.files = TaskFiles(cfg.task_files, self.session)
+        self._tasks: list[asyncio.Task] = []
 
-    def _on_event(self, task_id: str, action: str, event: dict) -> None:
-        if action == "reconnect":
-            self._resync.set()
-            for r in self.runners.values():
-                r.poke()
-            return
-        r = self.runners.get(task_id)
-        if r is not None and (action in ("die", "start", "stop", "destroy", "oom")
-                              or action.startswith("health_status")):
-            r.poke()
+    @property
+    def managers(self) -> list[str]:
+        """The managers' cluster addresses, as the leader last told."""
+        return self.session.managers
 
-    async def run(self) -> None:
-        self.ex.watch_events(self.node_id, self._on_event)
-        synced = getattr(self.session, "synced", None)
-        if synced is not None:  # never judge containers before the first full assignment list
-            await synced.wait()
+    async def start(self) -> None:
+        self.session.start()
+        if self.network is not None:
+            await self.network.start()
+            await gwbridge.ensure(self.engine)
+            self._tasks.append(asyncio.create_task(
+                attachments.collect(lambda: self.network.netmap if self.network else {}, self.engine,
+                                    self.ask_leader), name="attachments"))
+            self._tasks.append(asyncio.create_task(self._follow_netmap(self.network), name="netmap"))
+        worker = Worker(self.cfg.node_id, self.session, self.executor, network=self.network, files=self.files)
+        self._tasks.append(asyncio.create_task(worker.run(), name="worker"))
+
+    async def stop(self) -> None:
+        """Stop working; task containers and networking stay as they are (a restart re-adopts them)."""
+        await self.session.close()
+        await cancel_all(self._tasks)
+        self._tasks.clear()
+        if self.network is not None:
+            await self.network.stop()
+        await self.executor.close()
+
+    async def clean_up(self) -> None:
+        """Leaving the swarm (after :meth:`stop`): remove the task containers, their files, and every link,
+        rule and engine network shoal made."""
+        if self.network is not None:  # the engine calls the network plugin while it removes task containers
+            await self.network.plugin.start()
         try:
-            containers = await self.ex.containers(self.node_id)
-            await self._sync(containers)
-            while True:
-                waiter = asyncio.ensure_future(self.session.changed(5.0))
-                resync = asyncio.ensure_future(self._resync.wait())
-                await asyncio.wait({waiter, resync}, return_when=asyncio.FIRST_COMPLETED)
-                for f in (waiter, resync):
-                    f.cancel()
-                full = self._resync.is_set()
-                self._resync.clear()
-                await self._sync(await self.ex.containers(self.node_id) if full else None)
-        finally:
-            for r in list(self.runners.values()):
-                await r.cancel()
-
-    async def _sync(self, containers: dict[str, dict] | None) -> None:
-        assigned = {t["ID"]: t for t in self.session.assigned()}
-        for tid, task in assigned.items():
-            r = self.runners.get(tid)
-            if r is not None:
-                r.update(task)
-                continue
-            container = containers.get(tid) if containers is not None else None
-            if containers is None and states.terminal(task["Status"]["State"]):
-                continue  # finished before we knew it; nothing to run
-            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network, self.files)
-            self.runners[tid] = r
-            r.start()
-        for tid in [t for t in self.runners if t not in assigned]:
-            r = self.runners.pop(tid)
-            await r.remove()
-        if containers is not None:  # containers whose task no longer exists
-            for tid, c in containers.items():
-                if tid not in assigned:
-                    log.info("removing container %s of unknown task %s", c["Id"][:12], tid)
+            ex = DockerExecutor(f"unix://{self.cfg.engine}")
+            try:
+                for c in (await ex.containers(self.cfg.node_id)).values():
                     with contextlib.suppress(Exception):
-                        await self.ex.remove(c["Id"])
-            if self.files is not None:
-                self.files.prune(set(assigned) | set(self.runners))
+                        await ex.remove(c["Id"])
+            finally:
+                await ex.close()
+            unmount_task_files(self.cfg.task_files)
+            if self.network is not None:
+                await self.network.cleanup()
+        finally:
+            if self.network is not None:
+                await self.network.plugin.stop()
+
+    async def _follow_netmap(self, network: NetworkAgent) -> None:
+        """Apply every network map the managers push."""
+        while True:
+            await self.session.netmap_changed.wait()
+            self.session.netmap_changed.clear()
+            if self.session.netmap is not None:
+                await network.apply(self.session.netmap)
+
+    # -- standalone containers on swarm networks ---------------------------------------------------
+    def networks_here(self) -> list[dict] | None:
+        """The swarm networks this node takes part in, as its network map has them (None: no networking)."""
+        if self.network is None:
+            return None
+        return [n["resource"] for n in (self.network.netmap.get("networks") or {}).values() if "resource" in n]
+
+    async def attach(self, network: str, container: str) -> Attached:
+        """An attachment of ``container`` to swarm network ``network``, its twin network ready."""
+        if self.network is None:
+            raise RuntimeError("this node has no swarm networking")
+        task = await attachments.attach(self.ask_leader, network, container)
+        try:
+            extra = await self.network.prepare_task(task)
+        except BaseException:
+            await attachments.detach(self.ask_leader, task["ID"])
+            raise
+        twin = extra["HostConfig"]["NetworkMode"]
+        ipam = extra["NetworkingConfig"]["EndpointsConfig"][twin]["IPAMConfig"]
+        return Attached(task, twin, ipam, extra["HostConfig"].get("Dns") or [])
+
+    async def detach(self, task_id: str) -> None:
+        await attachments.detach(self.ask_leader, task_id)
+
+    async def collect_attachments(self) -> None:
+        """Give back at once the attachments whose container is gone (``docker network disconnect``)."""
+        if self.network is not None:
+            await attachments.collect_once(self.network.netmap, self.engine, self.ask_leader, time.time() + GRACE)
+
+    def local_logs(self, query: LogQuery) -> AsyncGenerator[LogLine, None]:
+        return local_logs(self.engine, query, self.cfg.node_id)

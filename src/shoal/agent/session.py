@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-
 from shoal.aio import cancel_all
+from shoal.cluster.client import ClusterClient, Redirected, SessionRejected, SessionSocket
+from shoal.cluster.messages import (
+    Ack,
+    Assignments,
+    DescribeAgain,
+    Description,
+    Heartbeat,
+    Hello,
+    Message,
+    Nack,
+    NetworkMap,
+    RoleChange,
+    SessionConfig,
+    SessionError,
+    StatusReport,
+    Welcome,
+)
 from shoal.model import states
 
 log = logging.getLogger(__name__)
@@ -26,15 +39,13 @@ log = logging.getLogger(__name__)
 DESCRIBE_PERIOD = 20.0  # how often the node describes itself again (swarmkit's nodeUpdatePeriod)
 
 
-class SessionRejected(Exception):
-    """The manager refused this node (removed, or from another swarm)."""
-
-
 class RemoteSession:
-    def __init__(self, managers: list[str], ssl_ctx: ssl.SSLContext,
-                 describe: Callable[[], Awaitable[dict]], addr: str = "") -> None:
+    """The agent's session with the leader (any manager sends it there)."""
+
+    def __init__(self, managers: list[str], client: ClusterClient, describe: Callable[[], Awaitable[dict]],
+                 addr: str = "", on_role: Callable[[str, str], None] | None = None) -> None:
         self.managers = list(managers)
-        self.ssl = ssl_ctx
+        self.client = client
         self.describe = describe
         self.addr = addr
         self.tasks: dict[str, dict] = {}
@@ -43,7 +54,7 @@ class RemoteSession:
         self.rejected: str | None = None
         self._changed = asyncio.Event()
         self._pending: dict[str, dict] = {}  # task id -> latest unacknowledged status
-        self._outbox: asyncio.Queue[dict] = asyncio.Queue()
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()  # task IDs to report; None: describe
         self._seq = 0
         self._inflight: dict[int, tuple[str, dict]] = {}
         self._task: asyncio.Task | None = None
@@ -54,7 +65,7 @@ class RemoteSession:
         # secrets and configs of the assigned tasks, in memory only: {"secrets": {id: {ID, Name, Data}}, ...}
         self.deps: dict[str, dict[str, dict]] = {"secrets": {}, "configs": {}}
         self.current = ""  # the manager (the leader) this session is with
-        self.on_role: Callable[[str, str], None] | None = None  # (role, leader address): promoted/demoted
+        self.on_role = on_role  # (role, leader address): the node was promoted or demoted
         self.describe_period = DESCRIBE_PERIOD
         self._described: dict | None = None  # the description the manager has (as far as we know)
         self._unsent_description: dict | None = None  # a changed description waiting for the sender
@@ -73,7 +84,7 @@ class RemoteSession:
         if t is not None and not states.before(status["State"], t["Status"]["State"]):
             t["Status"] = status
         self._pending[task_id] = status
-        self._outbox.put_nowait({"id": task_id})
+        self._outbox.put_nowait(task_id)
 
     # -- connection ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,8 +104,13 @@ class RemoteSession:
             self._next = ""
             i += 1
             try:
-                await self._connect(addr)
+                async with self.client.session(addr) as sock:
+                    self.current = addr
+                    await self._serve(sock)
                 delay = 0.1
+            except Redirected as e:
+                self._next = e.leader  # a follower: go to the leader
+                log.info("session with %s ended: %s", addr, e)
             except SessionRejected as e:
                 self.rejected = str(e)
                 log.error("manager refused this node: %s", e)
@@ -111,50 +127,33 @@ class RemoteSession:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _connect(self, addr: str) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_connect=3)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            try:
-                ws = await http.ws_connect(f"https://{addr}/session", ssl=self.ssl, heartbeat=None,
-                                           max_msg_size=64 * 1024 * 1024)
-            except aiohttp.WSServerHandshakeError as e:
-                leader = (e.headers or {}).get("X-Shoal-Leader") if e.status == 421 else None
-                if leader:
-                    self._next = leader  # a follower: go to the leader
-                    raise
-                if e.status == 403:
-                    raise SessionRejected("this node has been removed from the swarm (or its certificate is "
-                                          "not from this swarm)") from None
-                raise
-            async with ws:
-                self.current = addr
-                await self._serve(ws)
-
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _serve(self, sock: SessionSocket) -> None:
         description = await self.describe()
         self._unsent_description = None
-        await ws.send_str(json.dumps({"type": "hello", "description": description, "addr": self.addr}))
+        await sock.send(Hello(description=description, addr=self.addr))
         self._described = description
-        welcome = await ws.receive_json(timeout=10)
-        if welcome.get("type") == "error":
-            raise SessionRejected(welcome.get("message", "refused"))
-        self.interval = float(welcome.get("heartbeat", 1.0))
-        if welcome.get("managers"):
-            self.managers = list(welcome["managers"])
+        welcome = await sock.receive(timeout=10)
+        if isinstance(welcome, SessionError):
+            raise SessionRejected(welcome.message or "refused")
+        if not isinstance(welcome, Welcome):
+            raise ConnectionError(f"the manager did not welcome this node: {welcome}")
+        self.interval = float(welcome.heartbeat)
+        if welcome.managers:
+            self.managers = list(welcome.managers)
         self.connected.set()
         # resend what was not acknowledged
         self._inflight.clear()
         for tid in list(self._pending):
-            self._outbox.put_nowait({"id": tid})
-        sender = asyncio.create_task(self._send_loop(ws))
+            self._outbox.put_nowait(tid)
+        sender = asyncio.create_task(self._send_loop(sock))
         describer = asyncio.create_task(self._describe_loop())
         try:
             while True:
                 # every heartbeat is answered: silence means the manager (or the way to it) is gone
-                msg = await ws.receive(timeout=max(3 * self.interval, 1.0) + 0.5)
-                if msg.type != aiohttp.WSMsgType.TEXT:
+                msg = await sock.receive(timeout=max(3 * self.interval, 1.0) + 0.5)
+                if msg is None:
                     break
-                self._on_message(json.loads(msg.data))
+                self._on_message(msg)
         finally:
             await cancel_all((sender, describer))
 
@@ -169,67 +168,65 @@ class RemoteSession:
                 continue
             if description != self._described and description != self._unsent_description:
                 self._unsent_description = description
-                self._outbox.put_nowait({"describe": True})
+                self._outbox.put_nowait(None)
 
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _send_loop(self, sock: SessionSocket) -> None:
         while True:
             try:
-                item = await asyncio.wait_for(self._outbox.get(), self.interval)
+                tid = await asyncio.wait_for(self._outbox.get(), self.interval)
             except TimeoutError:
-                await ws.send_str('{"type":"heartbeat"}')
+                await sock.send(Heartbeat())
                 continue
-            if "describe" in item:
+            if tid is None:  # describe again
                 description, self._unsent_description = self._unsent_description, None
                 if description is not None and description != self._described:
                     self._described = description
-                    await ws.send_str(json.dumps({"type": "description", "description": description}))
+                    await sock.send(Description(description=description))
                 continue
-            tid = item["id"]
             status = self._pending.get(tid)
             if status is None:
                 continue
             self._seq += 1
             self._inflight[self._seq] = (tid, status)
-            await ws.send_str(json.dumps({"type": "status", "id": tid, "status": status, "seq": self._seq}))
+            await sock.send(StatusReport(id=tid, status=status, seq=self._seq))
 
-    def _on_message(self, msg: dict) -> None:
-        kind = msg.get("type")
-        if kind == "assignments":
-            if msg.get("full"):
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, Assignments):
+            if msg.full:
                 self.tasks = {}
                 self.deps = {"secrets": {}, "configs": {}}
             for dkind, known in self.deps.items():
-                known.update((d["ID"], d) for d in msg.get(dkind) or [])
-                for did in (msg.get("removed_deps") or {}).get(dkind) or []:
+                known.update((d["ID"], d) for d in getattr(msg, dkind))
+                for did in msg.removed_deps.get(dkind) or []:
                     known.pop(did, None)
-            for t in msg.get("tasks", []):
+            for t in msg.tasks:
                 mine = self._pending.get(t["ID"])
                 if mine is not None and states.before(t["Status"]["State"], mine["State"]):
                     t["Status"] = mine
                 self.tasks[t["ID"]] = t
-            for tid in msg.get("removed", []):
+            for tid in msg.removed:
                 self.tasks.pop(tid, None)
                 self._pending.pop(tid, None)
             self.synced.set()
             self._changed.set()
-        elif kind == "netmap":
-            self.netmap = msg.get("map")
+        elif isinstance(msg, NetworkMap):
+            self.netmap = msg.map
             self.netmap_changed.set()
-        elif kind == "role":
+        elif isinstance(msg, RoleChange):
             if self.on_role is not None:
-                self.on_role(msg.get("role", ""), self.current)
-        elif kind == "describe-again":  # the manager could not store our description: send it next period
+                self.on_role(msg.role, self.current)
+        elif isinstance(msg, DescribeAgain):  # the manager could not store our description: send it next period
             self._described = None
-        elif kind == "config":
-            self.interval = float(msg.get("heartbeat", self.interval))
-        elif kind == "ack":
-            sent = self._inflight.pop(msg.get("seq"), None)
+        elif isinstance(msg, SessionConfig):
+            self.interval = float(msg.heartbeat)
+        elif isinstance(msg, Ack):
+            sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:
                 del self._pending[sent[0]]
-        elif kind == "nack":  # the manager could not store it: try again shortly
-            sent = self._inflight.pop(msg.get("seq"), None)
+        elif isinstance(msg, Nack):  # the manager could not store it: try again shortly
+            sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:
-                asyncio.get_running_loop().call_later(0.5, self._outbox.put_nowait, {"id": sent[0]})
-        elif kind == "error":
-            self.rejected = msg.get("message")
+                asyncio.get_running_loop().call_later(0.5, self._outbox.put_nowait, sent[0])
+        elif isinstance(msg, SessionError):
+            self.rejected = msg.message
             log.error("manager: %s", self.rejected)

@@ -10,18 +10,14 @@ import contextlib
 import json
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from shoal.agent.logs import drain
+from shoal.aio import drain
 from shoal.api.filters import parse_filters
 from shoal.api.proxy import engine_path
-from shoal.api.server import error_response, route
+from shoal.api.server import Ctx, error_response, route
 from shoal.model.errors import BadRequest
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
 
 NAME_FILTERS = ("daemon", "container", "plugin", "volume", "network", "service", "node", "secret", "config")
 
@@ -71,23 +67,19 @@ def matches(f: dict[str, list[str]], ev: dict) -> bool:
     return True
 
 
-def _swarm_active(daemon: Daemon) -> bool:
-    return (daemon.state == "active" and daemon.role == "manager" and daemon.objs is not None
-            and getattr(daemon, "swarm_events", None) is not None)
-
-
 @route("GET", "/events", manager=False)
-async def events(daemon: Daemon, request: web.Request) -> web.StreamResponse:
-    if not _swarm_active(daemon):
-        return await daemon.proxy.handle(request)
+async def events(ctx: Ctx, request: web.Request) -> web.StreamResponse:
+    local = ctx.control.local()
+    if local.state != "active" or local.role != "manager":
+        return await ctx.proxy.handle(request)
     q = request.rel_url.query
     since, until = parse_timestamp(q.get("since")), parse_timestamp(q.get("until"))
     f = parse_event_filters(q.get("filters"))
-    recorder = daemon.swarm_events
+    recorder = ctx.manager.events
     sub = recorder.subscribe()  # before reading the history: nothing falls between the two
     try:
-        path = engine_path(request.path, daemon.proxy.engine_api)
-        engine = await daemon.proxy.session.get(f"http://docker{path}", params=dict(q))
+        path = engine_path(request.path, ctx.proxy.engine_api)
+        engine = await ctx.proxy.session.get(f"http://docker{path}", params=dict(q))
         if engine.status != 200:
             body = await engine.read()
             engine.release()

@@ -10,24 +10,16 @@ the tasks that start later and nodes that get a task later.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from shoal.agent.logs import LogLine, LogQuery, drain, local_logs, remote_logs
-from shoal.aio import cancel_all
 from shoal.api.resolve import resolve
-from shoal.api.server import route
+from shoal.api.server import Ctx, route
 from shoal.model.errors import APIError, BadRequest
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
-
-log = logging.getLogger(__name__)
+from shoal.model.labels import NODE_ID, SERVICE_ID, TASK_ID
+from shoal.model.logs import LogLine, LogQuery
 
 MUX = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -37,35 +29,26 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.rel_url.query.get(name, "") in ("1", "true", "True")
 
 
-def node_endpoint(daemon: Daemon, node: dict) -> str:
-    """Where a node's shoald answers log requests: a manager's cluster address; a worker listens on its
-    advertised address with the swarm's cluster port."""
-    ms = node.get("ManagerStatus") or {}
-    if ms.get("Addr"):
-        return ms["Addr"]
-    return f"{(node.get('Status') or {}).get('Addr', '')}:{daemon.cluster_port}"
-
-
 def details(line: LogLine, node_id: str, service_id: str) -> str:
-    attrs = {"com.docker.swarm.node.id": node_id, "com.docker.swarm.service.id": service_id,
-             "com.docker.swarm.task.id": line.task_id}
+    attrs = {NODE_ID: node_id, SERVICE_ID: service_id, TASK_ID: line.task_id}
     return ",".join(sorted(f"{quote_plus(k)}={quote_plus(v)}" for k, v in attrs.items()))
 
 
 @route("GET", "/services/{ref}/logs")
-async def service_logs(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
-    svc = resolve(daemon.objs, "services", ref)
-    return await _stream(daemon, request, svc, None)
+async def service_logs(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    svc = resolve(ctx.manager.objects, "services", ref)
+    return await _stream(ctx, request, svc, None)
 
 
 @route("GET", "/tasks/{ref}/logs")
-async def task_logs(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
-    task = resolve(daemon.objs, "tasks", ref)
-    svc = daemon.objs.get("services", task["ServiceID"]) or {"ID": task["ServiceID"], "Spec": {}}
-    return await _stream(daemon, request, svc, task)
+async def task_logs(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    objs = ctx.manager.objects
+    task = resolve(objs, "tasks", ref)
+    svc = objs.get("services", task["ServiceID"]) or {"ID": task["ServiceID"], "Spec": {}}
+    return await _stream(ctx, request, svc, task)
 
 
-async def _stream(daemon: Daemon, request: web.Request, svc: dict, task: dict | None) -> web.StreamResponse:
+async def _stream(ctx: Ctx, request: web.Request, svc: dict, task: dict | None) -> web.StreamResponse:
     stdout, stderr = _flag(request, "stdout"), _flag(request, "stderr")
     if not (stdout or stderr):
         raise BadRequest("Bad parameters: you must choose at least one stream")
@@ -89,49 +72,9 @@ async def _stream(daemon: Daemon, request: web.Request, svc: dict, task: dict | 
     resp = web.StreamResponse(headers={"Content-Type": ctype})
     await resp.prepare(request)
 
-    objs = daemon.objs
-    out: asyncio.Queue = asyncio.Queue(maxsize=1000)
-    producers: set[asyncio.Task] = set()
-    started: set[str] = set()
-
-    def nodes() -> set[str]:
-        if task is not None:
-            return {task["NodeID"]} if task.get("NodeID") else set()
-        return {t["NodeID"] for t in objs.tasks_of_service(svc["ID"]) if t.get("NodeID")}
-
-    async def from_node(nid: str) -> None:
-        if nid == daemon.node_id:
-            await local_logs(daemon.proxy, q, out, node_id=nid)
-            return
-        node = objs.get("nodes", nid)
-        if node is None:
-            return
-        try:
-            async for line in remote_logs(node_endpoint(daemon, node), daemon.tls.client_context(), q, nid):
-                line.node_id = nid
-                await out.put(line)
-        except Exception as e:  # an unreachable node: the others' logs still come
-            log.warning("logs from node %s: %s", nid, e or type(e).__name__)
-
-    def start_new() -> None:
-        for nid in sorted(nodes() - started):
-            started.add(nid)
-            producers.add(asyncio.create_task(from_node(nid), name=f"logs-{nid}"))
-
-    async def watch_nodes() -> None:
-        watcher = objs.watcher(["tasks"])
-        try:
-            while True:
-                await watcher.wait(1.0)
-                start_new()
-        finally:
-            objs.unwatch(watcher)
-
-    start_new()
-    if q.follow and task is None:
-        producers.add(asyncio.create_task(watch_nodes(), name="logs-watch"))
+    lines = ctx.manager.logs(svc, task, q)
     try:
-        async for line in drain(out, producers):
+        async for line in lines:
             if (line.stream == 2 and not stderr) or (line.stream == 1 and not stdout):
                 continue
             data = line.data
@@ -143,7 +86,7 @@ async def _stream(daemon: Daemon, request: web.Request, svc: dict, task: dict | 
                 data = bytes((line.stream, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
             await resp.write(data)
     finally:
-        await cancel_all(producers)
+        await lines.aclose()
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
     return resp

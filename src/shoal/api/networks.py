@@ -5,27 +5,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
-from shoal.api.server import json_response, read_json, route
+from shoal.api.server import Ctx, forward, json_response, read_json, route
+from shoal.control import ManagerControl
 from shoal.model import labels
-from shoal.model.errors import APIError, NotFound
-from shoal.model.network import name_conflict, new_network, resource, spec_from_request
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.model.errors import NotFound
+from shoal.model.network import name_conflict, resource, spec_from_request
 
 FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
 
 T = TypeVar("T")
 
 
-def _swarm_active(daemon: Daemon) -> bool:
-    return daemon.state == "active" and daemon.role == "manager" and daemon.objs is not None
+def _manager(ctx: Ctx) -> ManagerControl | None:
+    """The swarm's networks are a manager's to answer for; None on any other node."""
+    local = ctx.control.local()
+    return ctx.manager if local.state == "active" and local.role == "manager" else None
 
 
 def pick(items: Iterable[T], ref: str, ident: Callable[[T], str], name: Callable[[T], str]) -> T | None:
@@ -40,39 +40,42 @@ def pick(items: Iterable[T], ref: str, ident: Callable[[T], str], name: Callable
     return by_prefix[0] if len(by_prefix) == 1 else None
 
 
-def find_swarm_network(daemon: Daemon, ref: str) -> dict | None:
-    if not _swarm_active(daemon):
+def find_swarm_network(ctx: Ctx, ref: str) -> dict | None:
+    manager = _manager(ctx)
+    if manager is None:
         return None
-    return pick(daemon.objs.list("networks"), ref, lambda n: n["ID"], lambda n: n["Spec"]["Name"])
+    return pick(manager.objects.list("networks"), ref, lambda n: n["ID"], lambda n: n["Spec"]["Name"])
 
 
-def worker_networks(daemon: Daemon) -> list[dict]:
+def worker_networks(ctx: Ctx) -> list[dict]:
     """On a worker, the swarm networks this node takes part in (ingress, and those of its tasks), as
     its network map has them: Docker lists these on a worker too."""
-    if daemon.state != "active" or daemon.role == "manager" or daemon.netagent is None:
+    local = ctx.control.local()
+    if local.state != "active" or local.role == "manager":
         return []
-    return [n["resource"] for n in (daemon.netagent.netmap.get("networks") or {}).values() if "resource" in n]
+    return ctx.control.networks_here() or []
 
 
-def find_worker_network(daemon: Daemon, ref: str) -> dict | None:
-    return pick(worker_networks(daemon), ref, lambda n: n["Id"], lambda n: n["Name"])
+def find_worker_network(ctx: Ctx, ref: str) -> dict | None:
+    return pick(worker_networks(ctx), ref, lambda n: n["Id"], lambda n: n["Name"])
 
 
-async def engine_network(daemon: Daemon, ref: str) -> dict | None:
+async def engine_network(ctx: Ctx, ref: str) -> dict | None:
     """The engine's own network ``ref`` (its inspect), or None."""
-    async with daemon.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
+    async with ctx.proxy.session.get(f"http://docker/networks/{quote(ref, safe='')}") as resp:
         return await resp.json() if resp.status == 200 else None
 
 
 @route("GET", "/networks", manager=False)
-async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
-    local = await daemon.proxy.get_json("/networks")
+async def list_networks(ctx: Ctx, request: web.Request) -> web.Response:
+    local = await ctx.proxy.get_json("/networks")
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
     out = [n for n in local if n.get("Driver") != labels.PLUGIN_DRIVER]
-    if _swarm_active(daemon):
-        out += [resource(n) for n in daemon.objs.list("networks")]
+    manager = _manager(ctx)
+    if manager is not None:
+        out += [resource(n) for n in manager.objects.list("networks")]
     else:
-        out += worker_networks(daemon)
+        out += worker_networks(ctx)
 
     def keep(n: dict) -> bool:
         if "driver" in f and n.get("Driver") not in f["driver"]:
@@ -95,54 +98,41 @@ async def list_networks(daemon: Daemon, request: web.Request) -> web.Response:
 
 
 @route("GET", "/networks/{ref}", manager=False)
-async def inspect_network(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
-    net = find_swarm_network(daemon, ref)
+async def inspect_network(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    net = find_swarm_network(ctx, ref)
     if net is not None:
         return json_response(resource(net))
-    found = find_worker_network(daemon, ref)
+    found = find_worker_network(ctx, ref)
     if found is not None:
         return json_response(found)
-    local = await engine_network(daemon, ref)
+    local = await engine_network(ctx, ref)
     if local is not None and local.get("Driver") == labels.PLUGIN_DRIVER:
         # the engine's twin of a swarm network this node no longer takes part in: hidden
         raise NotFound(f"network {ref} not found")
-    return await daemon.proxy.handle(request)
+    return await ctx.proxy.handle(request)
 
 
 @route("POST", "/networks/create", manager=False)
-async def create_network(daemon: Daemon, request: web.Request) -> web.StreamResponse:
+async def create_network(ctx: Ctx, request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     if not isinstance(body, dict) or body.get("Driver") != "overlay":
-        return await daemon.proxy.forward_body(request, json.dumps(body).encode() if body is not None else b"")
-    daemon.require_manager()
-    if not daemon.is_leader:
-        return await daemon.forward(request)
+        return await ctx.proxy.forward_body(request, json.dumps(body).encode() if body is not None else b"")
+    manager = ctx.manager
+    if not manager.is_leader:
+        return await forward(manager, request)
     spec = spec_from_request(body)
-    if find_swarm_network(daemon, spec["Name"]) is not None:
+    if find_swarm_network(ctx, spec["Name"]) is not None:
         raise name_conflict(spec["Name"])
-    async with daemon.alloc_lock:
-        net = daemon.netalloc.allocate_network(new_network(spec), daemon.cluster().get("DefaultAddrPool")
-                                               or ["10.0.0.0/8"], daemon.cluster().get("SubnetSize") or 24)
-        try:
-            await daemon.objs.create("networks", net)
-        except APIError:
-            daemon.netalloc.release_network(net["ID"])
-            raise name_conflict(spec["Name"]) from None
-    return json_response({"Id": net["ID"], "Warning": ""}, 201)
+    return json_response({"Id": await manager.create_network(spec), "Warning": ""}, 201)
 
 
 @route("DELETE", "/networks/{ref}", manager=False)
-async def delete_network(daemon: Daemon, request: web.Request, ref: str) -> web.StreamResponse:
-    net = find_swarm_network(daemon, ref)
+async def delete_network(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    net = find_swarm_network(ctx, ref)
     if net is None:
-        return await daemon.proxy.handle(request)
-    if not daemon.is_leader:
-        return await daemon.forward(request)
-    for svc in daemon.objs.list("services"):
-        if net["ID"] in daemon.netalloc.networks_of(svc["Spec"]):
-            raise APIError(f"rpc error: code = FailedPrecondition desc = network {net['ID']} is in use by "
-                           f"service {svc['ID']}", 400)
-    if not await daemon.objs.delete("networks", net):
-        raise NotFound(f"network {ref} not found")
-    daemon.netalloc.release_network(net["ID"])
+        return await ctx.proxy.handle(request)
+    manager = ctx.manager
+    if not manager.is_leader:
+        return await forward(manager, request)
+    await manager.remove_network(net)
     return web.Response(status=204)

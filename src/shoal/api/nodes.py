@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
-from shoal.api.server import json_response, read_json, route
-from shoal.model.errors import BadRequest, FailedPrecondition, InvalidArgument, OutOfSequence
-from shoal.model.ids import now
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.model.errors import BadRequest, InvalidArgument
 
 FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
 
 
 @route("GET", "/nodes")
-async def list_nodes(daemon: Daemon, request: web.Request) -> web.Response:
+async def list_nodes(ctx: Ctx, request: web.Request) -> web.Response:
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
     out = []
-    for n in daemon.objs.list("nodes"):
+    for n in ctx.manager.objects.list("nodes"):
         spec, desc = n["Spec"], n.get("Description") or {}
         if "id" in f and not match_any_prefix(n["ID"], f["id"]):
             continue
@@ -43,13 +36,14 @@ async def list_nodes(daemon: Daemon, request: web.Request) -> web.Response:
 
 
 @route("GET", "/nodes/{ref}")
-async def inspect_node(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    return json_response(resolve(daemon.objs, "nodes", ref))
+async def inspect_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    return json_response(resolve(ctx.manager.objects, "nodes", ref))
 
 
 @route("POST", "/nodes/{ref}/update")
-async def update_node(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    node = resolve(daemon.objs, "nodes", ref)
+async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    manager = ctx.manager
+    node = resolve(manager.objects, "nodes", ref)
     raw = request.rel_url.query.get("version", "")
     try:
         version = int(raw)
@@ -68,31 +62,15 @@ async def update_node(daemon: Daemon, request: web.Request, ref: str) -> web.Res
     labels = spec.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise BadRequest("json: cannot unmarshal into Go struct field NodeSpec.Labels of type string")
-    if version != node["Version"]["Index"]:
-        raise OutOfSequence()
-    if role == "worker" and node["Spec"].get("Role") == "manager":
-        managers = [n for n in daemon.objs.list("nodes") if n["Spec"].get("Role") == "manager"]
-        if len(managers) <= 1:
-            raise FailedPrecondition("attempting to demote the last manager of the swarm")
-        await daemon.check_demote(node)
-    new = copy.deepcopy(node)
-    new["Spec"] = {**{k: v for k, v in spec.items() if k in ("Name",)}, "Labels": labels, "Role": role,
-                   "Availability": avail}
-    new["UpdatedAt"] = now()
-    await daemon.objs.update("nodes", new)
+    new = {**{k: v for k, v in spec.items() if k in ("Name",)}, "Labels": labels, "Role": role,
+           "Availability": avail}
+    await manager.update_node(node, version, new)
     return web.Response(status=200)
 
 
 @route("DELETE", "/nodes/{ref}")
-async def remove_node(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    node = resolve(daemon.objs, "nodes", ref)
-    force = request.rel_url.query.get("force") in ("1", "true", "True")
-    if node.get("ManagerStatus") is not None:  # still an etcd member
-        raise FailedPrecondition(
-            f"node {node['ID']} is a cluster manager and is a member of the raft cluster. It must be "
-            "demoted to worker before removal")
-    if not force and node["Status"].get("State") not in ("down", "unknown"):
-        raise FailedPrecondition(
-            f"node {node['ID']} is not down and can't be removed")
-    await daemon.remove_node(node)
+async def remove_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    manager = ctx.manager
+    node = resolve(manager.objects, "nodes", ref)
+    await manager.remove_node(node, force=request.rel_url.query.get("force") in ("1", "true", "True"))
     return web.Response(status=200)

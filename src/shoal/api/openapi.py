@@ -6,15 +6,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from aiohttp import web
 
-from shoal.api.server import route
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.api.server import Ctx, route
 
 SOURCE = Path(__file__).with_name("openapi.yaml")
 
@@ -31,7 +28,7 @@ def _body() -> bytes:
 
 
 @route("GET", "/shoal/openapi.json", manager=False)
-async def openapi(daemon: Daemon, request: web.Request) -> web.Response:
+async def openapi(ctx: Ctx, request: web.Request) -> web.Response:
     return web.Response(body=_body(), headers={"Content-Type": "application/json"})
 
 

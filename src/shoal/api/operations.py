@@ -4,28 +4,19 @@ etcd member (``shoal backup`` writes it to a file; ``shoal restore`` turns it ba
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from shoal.api.server import route
-from shoal.store.backup import backup
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.api.server import Ctx, route
 
 
 @route("GET", "/shoal/backup")
-async def get_backup(daemon: Daemon, request: web.Request) -> web.StreamResponse:
-    with tempfile.TemporaryDirectory(dir=daemon.opts.data_dir, prefix="backup-") as tmp:
-        path = Path(tmp) / "snapshot.db"
-        size = await backup(daemon.objs.store, path)  # type: ignore[arg-type]
+async def get_backup(ctx: Ctx, request: web.Request) -> web.StreamResponse:
+    async with ctx.manager.snapshot() as (path, size):
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                            "Content-Length": str(size)})
         await resp.prepare(request)
-        with path.open("rb") as f:
+        with open(path, "rb") as f:  # noqa: ASYNC230 (a local file read in 1 MiB chunks)
             while chunk := f.read(1 << 20):
                 await resp.write(chunk)
         with contextlib.suppress(ConnectionError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 
 import aiohttp
@@ -18,6 +19,7 @@ HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", 
        "transfer-encoding", "upgrade", "host", "content-length"}
 _HIJACK_PATH = re.compile(r"/(containers/[^/]+/attach|exec/[^/]+/start)$")
 _VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+log = logging.getLogger(__name__)
 
 
 def engine_path(path: str, engine_api: tuple[int, int]) -> str:
@@ -46,6 +48,15 @@ class EngineProxy:
                 auto_decompress=False,
             )
         return self._session
+
+    async def detect_version(self) -> None:
+        """Learn the engine's API version (requests for a newer one are passed on capped at it)."""
+        try:
+            ver = await self.get_json("/version")
+            major, minor = (int(x) for x in ver.get("ApiVersion", "1.41").split(".")[:2])
+            self.engine_api = (major, minor)
+        except (aiohttp.ClientError, ValueError, OSError) as e:
+            log.warning("could not learn the engine's API version (%s); assuming %d.%d", e, *self.engine_api)
 
     async def close(self) -> None:
         if self._session is not None:

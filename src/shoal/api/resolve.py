@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from shoal.control import Objects
 from shoal.model.errors import BadRequest, NotFound
-from shoal.store.objects import Objects, name_of
-
-_SINGULAR = {"services": "service", "nodes": "node", "tasks": "task", "networks": "network",
-             "secrets": "secret", "configs": "config"}
+from shoal.model.kinds import SINGULAR, name_of
 
 
 def _names(kind: str, obj: dict) -> tuple[str, ...]:
@@ -24,10 +22,10 @@ def resolve(objs: Objects, kind: str, ref: str) -> dict:
     if len(by_name) == 1:
         return by_name[0]
     if len(by_name) > 1:
-        raise BadRequest(f"{_SINGULAR[kind]} {ref} is ambiguous ({len(by_name)} matches found)")
+        raise BadRequest(f"{SINGULAR[kind]} {ref} is ambiguous ({len(by_name)} matches found)")
     by_prefix = [o for o in everything if ref and o["ID"].startswith(ref)]
     if len(by_prefix) == 1:
         return by_prefix[0]
     if len(by_prefix) > 1:
-        raise BadRequest(f"{_SINGULAR[kind]} {ref} is ambiguous ({len(by_prefix)} matches found)")
-    raise NotFound(f"{_SINGULAR[kind]} {ref} not found")
+        raise BadRequest(f"{SINGULAR[kind]} {ref} is ambiguous ({len(by_prefix)} matches found)")
+    raise NotFound(f"{SINGULAR[kind]} {ref} not found")

@@ -1,37 +1,22 @@
 """``/secrets`` and ``/configs``: create, list, inspect, update (labels only), delete.
 
-Secret data is sealed before it is stored (:mod:`shoal.manager.secrets`) and never returned; configs
-return their data. Messages and status codes are Docker's (swarmkit's controlapi through moby).
+Secret data is sealed before it is stored and never returned; configs return their data. Messages and
+status codes are Docker's (swarmkit's controlapi through moby).
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
-from shoal.api.server import json_response, read_json, route
-from shoal.manager.secrets import cached_sealer, refs_lock, reveal, users_of
-from shoal.model.errors import BadRequest, Conflict, InvalidArgument, NameConflict, OutOfSequence, Unavailable
-from shoal.model.ids import new_id, now
+from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.model.errors import BadRequest
 from shoal.model.secrets import SINGULAR, Kind, check_update, read_update, validate_spec
 
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
-    from shoal.manager.secrets import Sealer
-
 FILTERS = {"id", "name", "names", "label"}
-
-
-def sealer(daemon: Daemon) -> Sealer:
-    try:
-        return cached_sealer(daemon.ca_key_pem())
-    except (OSError, ValueError, TypeError) as e:
-        raise Unavailable(f"shoal: the cluster's data key is not available on this manager: {e}") from None
 
 
 def view(kind: str, obj: dict) -> dict:
@@ -50,26 +35,15 @@ def _version(request: web.Request, kind: Kind) -> int:
     return int(raw)
 
 
-async def _create(daemon: Daemon, request: web.Request, kind: Kind) -> web.Response:
+async def _create(ctx: Ctx, request: web.Request, kind: Kind) -> web.Response:
     spec, data = validate_spec(kind, await read_json(request))
-    ts = now()
-    obj = {"ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec}
-    if kind == "secrets":
-        obj["Sealed"] = sealer(daemon).seal(kind, obj["ID"], data)
-    else:
-        spec["Data"] = base64.b64encode(data).decode()
-    try:
-        await daemon.objs.create(kind, obj)
-    except NameConflict:
-        raise Conflict(f"rpc error: code = AlreadyExists desc = {SINGULAR[kind]} {spec['Name']} "
-                       "already exists") from None
-    return json_response({"ID": obj["ID"]}, 201)
+    return json_response({"ID": await ctx.manager.create_secret(kind, spec, data)}, 201)
 
 
-async def _list(daemon: Daemon, request: web.Request, kind: Kind) -> web.Response:
+async def _list(ctx: Ctx, request: web.Request, kind: Kind) -> web.Response:
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
     out = []
-    for obj in daemon.objs.list(kind):
+    for obj in ctx.manager.objects.list(kind):
         name = obj["Spec"].get("Name", "")
         # names, name prefixes and ID prefixes: any may match (swarmkit ORs them); labels: all must
         if any(k in f for k in ("names", "name", "id")) and not (
@@ -83,55 +57,43 @@ async def _list(daemon: Daemon, request: web.Request, kind: Kind) -> web.Respons
     return json_response(out)
 
 
-async def _update(daemon: Daemon, request: web.Request, kind: Kind, ref: str) -> web.Response:
+async def _update(ctx: Ctx, request: web.Request, kind: Kind, ref: str) -> web.Response:
     # moby's order: decode the body, parse the version, find the object, then swarmkit's checks
     update = read_update(kind, await read_json(request))
     version = _version(request, kind)
-    obj = resolve(daemon.objs, kind, ref)
-    current = reveal(sealer(daemon) if kind == "secrets" else None, kind, obj)
-    labels = check_update(obj, update, current)
-    if version != obj["Version"]["Index"]:
-        raise OutOfSequence()
-    new = copy.deepcopy(obj)
-    new["Spec"]["Labels"] = labels
-    new["UpdatedAt"] = now()
-    await daemon.objs.update(kind, new)
+    manager = ctx.manager
+    obj = resolve(manager.objects, kind, ref)
+    labels = check_update(obj, update, manager.reveal(kind, obj))
+    await manager.update_secret(kind, obj, version, labels)
     return web.Response(status=200)
 
 
-async def _delete(daemon: Daemon, request: web.Request, kind: Kind, ref: str) -> web.Response:
-    obj = resolve(daemon.objs, kind, ref)
-    async with refs_lock(daemon.objs):  # no service starts using it between the check and the delete
-        users = users_of(daemon.objs, kind, obj["ID"])
-        if users:
-            word = "service" if len(users) == 1 else "services"
-            raise InvalidArgument(f"{SINGULAR[kind]} '{obj['Spec']['Name']}' is in use by the following {word}: "
-                                  f"{', '.join(users)}")
-        if not await daemon.objs.delete(kind, obj):
-            raise OutOfSequence()
+async def _delete(ctx: Ctx, request: web.Request, kind: Kind, ref: str) -> web.Response:
+    manager = ctx.manager
+    await manager.remove_secret(kind, resolve(manager.objects, kind, ref))
     return web.Response(status=204)
 
 
 def _register(kind: Kind) -> None:
     @route("POST", f"/{kind}/create")
-    async def create(daemon: Daemon, request: web.Request) -> web.Response:
-        return await _create(daemon, request, kind)
+    async def create(ctx: Ctx, request: web.Request) -> web.Response:
+        return await _create(ctx, request, kind)
 
     @route("GET", f"/{kind}")
-    async def list_(daemon: Daemon, request: web.Request) -> web.Response:
-        return await _list(daemon, request, kind)
+    async def list_(ctx: Ctx, request: web.Request) -> web.Response:
+        return await _list(ctx, request, kind)
 
     @route("GET", f"/{kind}/{{ref}}")
-    async def inspect(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-        return json_response(view(kind, resolve(daemon.objs, kind, ref)))
+    async def inspect(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+        return json_response(view(kind, resolve(ctx.manager.objects, kind, ref)))
 
     @route("POST", f"/{kind}/{{ref}}/update")
-    async def update(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-        return await _update(daemon, request, kind, ref)
+    async def update(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+        return await _update(ctx, request, kind, ref)
 
     @route("DELETE", f"/{kind}/{{ref}}")
-    async def delete(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-        return await _delete(daemon, request, kind, ref)
+    async def delete(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+        return await _delete(ctx, request, kind, ref)
 
 
 _register("secrets")

@@ -1,7 +1,9 @@
 """The Engine-API server: swarm endpoints answered by shoal, everything else proxied to the engine.
 
-Paths may carry a version prefix (``/v1.41/...``); it is stripped before routing. Errors are Docker's
-``{"message": ...}`` with Docker's status codes.
+Handlers see this node only through :class:`shoal.control.Control` (and a manager's view of the swarm
+through :meth:`Control.manager`). Paths may carry a version prefix (``/v1.41/...``); it is stripped before
+routing. Errors are Docker's ``{"message": ...}`` with Docker's status codes. A write to a manager endpoint
+made on a follower is passed to the leader as it came.
 """
 
 from __future__ import annotations
@@ -13,29 +15,42 @@ import os
 import pkgutil
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from shoal.model.errors import APIError, BadRequest, Unavailable
-from shoal.store.base import StoreError
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.api.proxy import EngineProxy
+from shoal.control import Control, ManagerControl
+from shoal.model.errors import APIError, BadRequest, StoreError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[..., Awaitable[web.StreamResponse]]
 _VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 MIN_API = (1, 24)
 MAX_API = (1, 50)
+FORWARDED_HEADERS = ("content-type", "x-registry-auth")  # what a write passed to the leader keeps
 
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a handler works with: this node, and the engine behind it."""
+
+    control: Control
+    proxy: EngineProxy
+
+    @property
+    def manager(self) -> ManagerControl:
+        return self.control.manager()
+
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
 _routes: list[tuple[str, re.Pattern, Handler, bool]] = []
 
 
 def route(method: str, pattern: str, manager: bool = True) -> Callable[[Handler], Handler]:
     """Register a handler for ``method`` and a path pattern with ``{name}`` parts.
-    ``manager``: the endpoint needs this node to be an active swarm manager."""
+    ``manager``: the endpoint needs this node to be an active swarm manager (and its writes the leader)."""
     rx = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
     def deco(fn: Handler) -> Handler:
@@ -72,11 +87,23 @@ def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
     return (int(m.group(1)), int(m.group(2))), m.group(3)
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def is_write(request: web.Request) -> bool:
+    return request.method not in ("GET", "HEAD")
+
+
+async def forward(manager: ManagerControl, request: web.Request) -> web.Response:
+    """A write made on a follower, answered by the leader."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+    answer = await manager.forward(request.method, request.rel_url.path_qs, await request.read(), headers)
+    return web.Response(status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type})
+
+
+def make_app(control: Control) -> web.Application:
     import shoal.api
 
     for mod in pkgutil.iter_modules(shoal.api.__path__):  # each module registers its routes on import
         importlib.import_module(f"shoal.api.{mod.name}")
+    ctx = Ctx(control, EngineProxy(control.engine_socket))
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         version, path = split_version(request.path)
@@ -97,10 +124,10 @@ def make_app(daemon: Daemon) -> web.Application:
                 continue
             try:
                 if manager:
-                    daemon.require_manager()
-                    if request.method not in ("GET", "HEAD") and not daemon.is_leader:
-                        return await daemon.forward(request)  # writes go to the leader
-                return await fn(daemon, request, **m.groupdict())
+                    mc = control.manager()
+                    if is_write(request) and not mc.is_leader:
+                        return await forward(mc, request)
+                return await fn(ctx, request, **m.groupdict())
             except APIError as e:
                 return error_response(e.message, e.status)
             except StoreError as e:
@@ -110,7 +137,13 @@ def make_app(daemon: Daemon) -> web.Application:
             except Exception as e:  # a bug: say so in Docker's shape rather than drop the connection
                 log.exception("%s %s", request.method, request.path)
                 return error_response(f"shoal: internal error: {e}", 500)
-        return await daemon.proxy.handle(request)
+        return await ctx.proxy.handle(request)
+
+    async def started(_app: web.Application) -> None:
+        await ctx.proxy.detect_version()
+
+    async def cleanup(_app: web.Application) -> None:
+        await ctx.proxy.close()
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     if os.environ.get("SHOAL_API_RECORD"):  # tests: keep every JSON answer to check it against the OpenAPI doc
@@ -118,15 +151,8 @@ def make_app(daemon: Daemon) -> web.Application:
 
         app.middlewares.append(recorder(os.environ["SHOAL_API_RECORD"]))
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines included
+    app.on_startup.append(started)
+    app.on_cleanup.append(cleanup)
     app["dispatch"] = dispatch
+    app["ctx"] = ctx
     return app
-
-
-def not_manager(daemon: Daemon) -> Unavailable:
-    from shoal.model.errors import NOT_A_MANAGER, WORKER_NOT_MANAGER
-
-    if daemon.state == "locked":
-        from shoal.autolock import LOCKED
-
-        return Unavailable(LOCKED)
-    return Unavailable(WORKER_NOT_MANAGER if daemon.state == "active" else NOT_A_MANAGER)

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
-from shoal.api.server import json_response, read_json, route
-from shoal.manager.secrets import refs_lock
+from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.control import Objects
 from shoal.model import states
-from shoal.model.errors import BadRequest, FailedPrecondition, InvalidArgument, OutOfSequence
-from shoal.model.ids import new_id, now
+from shoal.model.errors import BadRequest, FailedPrecondition
 from shoal.model.service import mode_of, validate_spec, with_defaults
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
 
 FILTERS = {"id", "name", "label", "mode"}
 
 
-def service_view(daemon: Daemon, svc: dict, insert_defaults: bool = False, status: bool = False) -> dict:
+def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status: bool = False) -> dict:
     out = copy.deepcopy(svc)
     if insert_defaults:
         out["Spec"] = with_defaults(out["Spec"])
@@ -30,12 +25,11 @@ def service_view(daemon: Daemon, svc: dict, insert_defaults: bool = False, statu
             out["PreviousSpec"] = with_defaults(out["PreviousSpec"])
     out.setdefault("Endpoint", {"Spec": {}})
     if status:
-        out["ServiceStatus"] = service_status(daemon, svc)
+        out["ServiceStatus"] = service_status(objs, svc)
     return out
 
 
-def service_status(daemon: Daemon, svc: dict) -> dict:
-    objs = daemon.objs
+def service_status(objs: Objects, svc: dict) -> dict:
     running = desired = completed = 0
     down = {n["ID"] for n in objs.list("nodes") if n["Status"].get("State") == "down"}
     for t in objs.tasks_of_service(svc["ID"]):
@@ -66,14 +60,15 @@ def _version(request: web.Request) -> int:
 
 
 @route("GET", "/services")
-async def list_services(daemon: Daemon, request: web.Request) -> web.Response:
+async def list_services(ctx: Ctx, request: web.Request) -> web.Response:
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
     for m in f.get("mode", []):
         if m not in ("replicated", "global", "replicated-job", "global-job"):
             raise BadRequest(f"Invalid filter: 'mode'='{m}'")
     status = request.rel_url.query.get("status") in ("1", "true", "True")
+    objs = ctx.manager.objects
     out = []
-    for svc in daemon.objs.list("services"):
+    for svc in objs.list("services"):
         spec = svc["Spec"]
         if "id" in f and not match_any_prefix(svc["ID"], f["id"]):
             continue
@@ -83,81 +78,41 @@ async def list_services(daemon: Daemon, request: web.Request) -> web.Response:
             continue
         if "mode" in f and mode_of(spec) not in f["mode"]:
             continue
-        out.append(service_view(daemon, svc, status=status))
+        out.append(service_view(objs, svc, status=status))
     out.sort(key=lambda s: s["Spec"].get("Name", ""))
     return json_response(out)
 
 
 @route("GET", "/services/{ref}")
-async def inspect_service(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    svc = resolve(daemon.objs, "services", ref)
+async def inspect_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    objs = ctx.manager.objects
     insert = request.rel_url.query.get("insertDefaults") in ("1", "true", "True")
-    return json_response(service_view(daemon, svc, insert_defaults=insert))
+    return json_response(service_view(objs, resolve(objs, "services", ref), insert_defaults=insert))
 
 
 @route("POST", "/services/create")
-async def create_service(daemon: Daemon, request: web.Request) -> web.Response:
+async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
     spec = validate_spec(await read_json(request))
-    async with refs_lock(daemon.objs):  # no secret or config is removed between the check and the write
-        daemon.check_spec_refs(spec)
-        ts = now()
-        svc = {
-            "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
-            "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}},
-        }
-        await daemon.allocate_endpoint(svc, None)
-        try:
-            await daemon.objs.create("services", svc)
-        except Exception:
-            daemon.netalloc.release_service(svc["ID"])
-            raise
-    return json_response({"ID": svc["ID"], "Warnings": None}, 201)
+    return json_response({"ID": await ctx.manager.create_service(spec), "Warnings": None}, 201)
 
 
 @route("POST", "/services/{ref}/update")
-async def update_service(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    svc = resolve(daemon.objs, "services", ref)
+async def update_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    manager = ctx.manager
+    svc = resolve(manager.objects, "services", ref)
     version = _version(request)
     body = await read_json(request)
-    q = request.rel_url.query
-    rollback = q.get("rollback") == "previous"
+    rollback = request.rel_url.query.get("rollback") == "previous"
     if rollback:
         if not svc.get("PreviousSpec"):
             raise FailedPrecondition(f"service {svc['ID']} does not have a previous spec")
         body = svc["PreviousSpec"]
-    spec = validate_spec(body)
-    if spec["Name"] != svc["Spec"]["Name"]:
-        raise APIErrorUnimplemented("renaming services is not supported")
-    if mode_of(spec) != mode_of(svc["Spec"]):
-        raise InvalidArgument("service mode change is not allowed")
-    async with refs_lock(daemon.objs):  # no secret or config is removed between the check and the write
-        daemon.check_spec_refs(spec, exclude=svc["ID"])
-        if version != svc["Version"]["Index"]:
-            raise OutOfSequence()
-        new = copy.deepcopy(svc)
-        new["PreviousSpec"] = svc["Spec"]
-        new["Spec"] = spec
-        new["UpdatedAt"] = now()
-        new["Endpoint"] = {**(svc.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
-        if (spec.get("TaskTemplate") != svc["Spec"].get("TaskTemplate")):
-            state, message = ("rollback_started", "manually requested rollback") if rollback else \
-                ("updating", "update in progress")
-            new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
-        await daemon.allocate_endpoint(new, svc)
-        await daemon.objs.update("services", new)
+    await manager.update_service(svc, version, validate_spec(body), rollback)
     return json_response({"Warnings": None})
 
 
 @route("DELETE", "/services/{ref}")
-async def delete_service(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    svc = resolve(daemon.objs, "services", ref)
-    if not await daemon.objs.delete("services", svc):
-        raise OutOfSequence()
+async def delete_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    manager = ctx.manager
+    await manager.remove_service(resolve(manager.objects, "services", ref))
     return web.Response(status=200)
-
-
-class APIErrorUnimplemented(InvalidArgument):
-    def __init__(self, desc: str) -> None:
-        super().__init__(desc)
-        self.message = f"rpc error: code = Unimplemented desc = {desc}"
-        self.status = 501

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-from shoal.api.server import MAX_API, json_response, route
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.api.server import MAX_API, Ctx, json_response, route
 
 
-def _api_version(daemon: Daemon) -> str:
-    major, minor = min(MAX_API, daemon.proxy.engine_api)
+def _api_version(ctx: Ctx) -> str:
+    major, minor = min(MAX_API, ctx.proxy.engine_api)
     return f"{major}.{minor}"
 
 
-def _swarm_header(daemon: Daemon) -> str:
-    if daemon.state != "active":
-        return daemon.state  # inactive | pending
-    return f"active/{daemon.role}"
+def _swarm_header(ctx: Ctx) -> str:
+    local = ctx.control.local()
+    if local.state != "active":
+        return local.state  # inactive | pending | locked
+    return f"active/{local.role}"
 
 
 @route("GET", "/_ping", manager=False)
-async def ping(daemon: Daemon, request: web.Request) -> web.Response:
+async def ping(ctx: Ctx, request: web.Request) -> web.Response:
     headers = {
-        "Api-Version": _api_version(daemon), "Ostype": "linux", "Swarm": _swarm_header(daemon),
+        "Api-Version": _api_version(ctx), "Ostype": "linux", "Swarm": _swarm_header(ctx),
         "Docker-Experimental": "false", "Cache-Control": "no-cache, no-store, must-revalidate",
         "Pragma": "no-cache", "Builder-Version": "1",
     }
@@ -35,14 +31,14 @@ async def ping(daemon: Daemon, request: web.Request) -> web.Response:
 
 
 @route("GET", "/version", manager=False)
-async def version(daemon: Daemon, request: web.Request) -> web.Response:
-    data = await daemon.proxy.get_json("/version")
-    data["ApiVersion"] = _api_version(daemon)
+async def version(ctx: Ctx, request: web.Request) -> web.Response:
+    data = await ctx.proxy.get_json("/version")
+    data["ApiVersion"] = _api_version(ctx)
     return json_response(data)
 
 
 @route("GET", "/info", manager=False)
-async def info(daemon: Daemon, request: web.Request) -> web.Response:
-    data = await daemon.proxy.get_json("/info")
-    data["Swarm"] = daemon.swarm_info()
+async def info(ctx: Ctx, request: web.Request) -> web.Response:
+    data = await ctx.proxy.get_json("/info")
+    data["Swarm"] = ctx.control.swarm_info()
     return json_response(data)

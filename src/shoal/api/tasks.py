@@ -2,44 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
-from shoal.api.server import json_response, route
-from shoal.manager.orchestrator.common import INTERNAL_FIELDS, is_dirty
+from shoal.api.server import Ctx, json_response, route
 from shoal.model import states
 from shoal.model.errors import BadRequest
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
+from shoal.model.task import is_dirty, public, task_name
+from shoal.model.views import ATTACHMENT_SPEC
 
 FILTERS = {"id", "name", "label", "service", "node", "desired-state", "_up-to-date", "runtime"}
 
 
-def public(task: dict) -> dict:
-    return {k: v for k, v in task.items() if k not in INTERNAL_FIELDS}
-
-
-def task_display_name(task: dict) -> str:
-    svc = (task.get("ServiceAnnotations") or {}).get("Name", "")
-    return f"{svc}.{task['Slot'] if task.get('Slot') else task.get('NodeID', '')}"
-
-
-def task_full_name(task: dict) -> str:
-    """swarmkit's name of a task (what the ``name`` filter matches): ``<service>.<slot or node>.<task id>``."""
-    return f"{task_display_name(task)}.{task['ID']}"
-
-
 def _runtime(task: dict) -> str:
-    return "attachment" if "NetworkAttachmentSpec" in (task.get("Spec") or {}) else "container"
+    return "attachment" if ATTACHMENT_SPEC in (task.get("Spec") or {}) else "container"
 
 
 @route("GET", "/tasks")
-async def list_tasks(daemon: Daemon, request: web.Request) -> web.Response:
-    objs = daemon.objs
+async def list_tasks(ctx: Ctx, request: web.Request) -> web.Response:
+    objs = ctx.manager.objects
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
     desired: set[str] = set()
     for state in f.get("desired-state", []):
@@ -63,7 +45,7 @@ async def list_tasks(daemon: Daemon, request: web.Request) -> web.Response:
             continue
         if "id" in f and not match_any_prefix(t["ID"], f["id"]):
             continue
-        if "name" in f and not match_any_prefix(task_full_name(t), f["name"]):
+        if "name" in f and not match_any_prefix(task_name(t), f["name"]):
             continue
         # Docker matches a task's label filter against its service's labels
         if "label" in f and not match_labels((t.get("ServiceAnnotations") or {}).get("Labels") or {}, f["label"]):
@@ -82,5 +64,5 @@ async def list_tasks(daemon: Daemon, request: web.Request) -> web.Response:
 
 
 @route("GET", "/tasks/{ref}")
-async def inspect_task(daemon: Daemon, request: web.Request, ref: str) -> web.Response:
-    return json_response(public(resolve(daemon.objs, "tasks", ref)))
+async def inspect_task(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
+    return json_response(public(resolve(ctx.manager.objects, "tasks", ref)))

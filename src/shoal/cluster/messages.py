@@ -343,6 +343,9 @@ class NotLeader(Message):
     message: str = "not the leader"
 
 
+# where each request to the leader is posted
+REQUEST_PATHS: dict[type[Message], str] = {
+    RoleRequest: "/role", AttachRequest: "/attachments/attach", DetachRequest: "/attachments/detach",
+}
 REVISION_HEADER = "X-Shoal-Revision"
 LEADER_HEADER = "X-Shoal-Leader"
-FORWARDED_HEADERS = ("content-type", "x-registry-auth")  # what a forwarded write carries of its headers

@@ -12,21 +12,12 @@ is gone; one whose node was removed from the swarm is removed by the orchestrato
 
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING
-
+from shoal.manager.allocator import Allocator
 from shoal.model import states
 from shoal.model.errors import APIError, NotFound
 from shoal.model.ids import new_id, now
-
-if TYPE_CHECKING:
-    from shoal.daemon import Daemon
-
-SPEC_KEY = "NetworkAttachmentSpec"
-
-
-def is_attachment(task: dict) -> bool:
-    return SPEC_KEY in (task.get("Spec") or {})
+from shoal.model.views import ATTACHMENT_SPEC, NodeView, TaskView
+from shoal.store.objects import Objects
 
 
 def _refused(target: str, code: str, desc: str, status: int) -> APIError:
@@ -34,57 +25,46 @@ def _refused(target: str, code: str, desc: str, status: int) -> APIError:
     return APIError(f"Could not attach to network {target}: rpc error: code = {code} desc = {desc}", status)
 
 
-def find_network(daemon: Daemon, target: str) -> dict:
+def find_network(objs: Objects, target: str) -> dict:
     """The swarm network ``target`` names (ID, then a unique name), as swarmkit looks it up."""
-    net = daemon.objs.get("networks", target)
+    net = objs.get("networks", target)
     if net is None:
-        named = [n for n in daemon.objs.list("networks") if n["Spec"]["Name"] == target]
+        named = [n for n in objs.list("networks") if n["Spec"]["Name"] == target]
         net = named[0] if len(named) == 1 else None
     if net is None:
         raise _refused(target, "NotFound", f"network {target} not found", 404)
     return net
 
 
-async def attach(daemon: Daemon, node_id: str, target: str, container: str) -> dict:
+async def attach(objs: Objects, allocator: Allocator, node_id: str, target: str, container: str) -> dict:
     """Make node ``node_id``'s attachment of ``container`` to network ``target`` (leader only)."""
-    net = find_network(daemon, target)
+    net = find_network(objs, target)
     if not net["Spec"].get("Attachable") or net["Spec"].get("Ingress"):
         raise _refused(target, "PermissionDenied", f"network {target} not manually attachable", 403)
-    node = daemon.objs.get("nodes", node_id)
-    if node is None:
+    raw = objs.get("nodes", node_id)
+    if raw is None:
         raise NotFound(f"node {node_id} not found")
-    if node["Spec"].get("Availability", "active") != "active":
+    node = NodeView(raw)
+    if node.availability != "active":
         raise _refused(target, "FailedPrecondition", f"node {node_id} is not available for new attachments "
-                       f"(availability {node['Spec']['Availability']})", 400)
+                       f"(availability {node.availability})", 400)
+    if not allocator.has_subnet(net["ID"]):
+        raise _refused(target, "FailedPrecondition", f"network {target} has no subnet allocated", 400)
     ts = now()
     task = {
         "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Labels": {},
-        "Spec": {SPEC_KEY: {"ContainerID": container}},
+        "Spec": {ATTACHMENT_SPEC: {"ContainerID": container}},
         "ServiceID": "", "Slot": 0, "NodeID": node_id,
         "Status": {"Timestamp": ts, "State": states.RUNNING, "Message": "started", "PortStatus": {}},
         "DesiredState": states.RUNNING,
     }
-    async with daemon.alloc_lock:
-        sub = daemon.netalloc.subnets.get(net["ID"])
-        if sub is None:
-            raise _refused(target, "FailedPrecondition", f"network {target} has no subnet allocated", 400)
-        owner = f"task:{task['ID']}"
-        task["NetworksAttachments"] = [{"Network": copy.deepcopy(net), "Addresses": [sub.allocate(owner)]}]
-        try:
-            await daemon.objs.create("tasks", task)
-        except Exception:
-            sub.release(owner)
-            raise
+    await allocator.create_attachment(task, net)
     return task
 
 
-async def detach(daemon: Daemon, node_id: str, task_id: str) -> bool:
-    """Remove node ``node_id``'s attachment ``task_id`` (the allocator then frees its address)."""
-    task = daemon.objs.get("tasks", task_id)
-    if task is None or not is_attachment(task) or task.get("NodeID") != node_id:
+async def detach(objs: Objects, allocator: Allocator, node_id: str, task_id: str) -> bool:
+    """Remove node ``node_id``'s attachment ``task_id`` (its address is freed at once)."""
+    task = objs.get("tasks", task_id)
+    if task is None or not TaskView(task).is_attachment or task.get("NodeID") != node_id:
         return False
-    if not await daemon.objs.delete("tasks", task):
-        return False
-    async with daemon.alloc_lock:  # the allocator may never have seen it, when made and removed at once
-        daemon.netalloc.release_task(task_id)
-    return True
+    return await allocator.remove_attachment(task)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shoal.model.ids import base36
+from shoal.tls import NodeTLS, sign_csr
 
 ROOT_CN = "swarm-ca"
 CA_EXPIRY = datetime.timedelta(days=20 * 365)
@@ -59,3 +60,20 @@ def tls_info(cert_pem: bytes) -> dict:
         "CertIssuerSubject": base64.b64encode(cert.subject.public_bytes()).decode(),
         "CertIssuerPublicKey": base64.b64encode(pub).decode(),
     }
+
+
+class ClusterCA:
+    """The swarm's root CA as a manager holds it: the certificate and key files in its TLS directory."""
+
+    def __init__(self, tls: NodeTLS) -> None:
+        self.tls = tls
+
+    def cert_pem(self) -> bytes:
+        return self.tls.ca.read_bytes()
+
+    def key_pem(self) -> bytes:
+        return self.tls.ca_key.read_bytes()
+
+    def sign(self, csr_pem: bytes, node_id: str, role: str, cluster_id: str) -> bytes:
+        """A node certificate (CN = node ID, OU = role, O = cluster ID); ValueError for a bad CSR."""
+        return sign_csr(csr_pem, self.cert_pem(), self.key_pem(), node_id, role, cluster_id)

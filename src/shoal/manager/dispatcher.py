@@ -1,8 +1,9 @@
-"""The dispatcher: the managers' side of agent sessions.
+"""The dispatcher: the leader's side of agent sessions.
 
-It hands each node the tasks assigned to it and writes the agents' status reports into the store
-(a task's observed state only moves forward). This module holds the logic; transports (in-process
-for the local agent, the cluster port for remote ones) call it.
+It hands each node the tasks assigned to it (with their secrets and configs) and its network map, writes
+the agents' status reports into the store (a task's observed state only moves forward), and marks nodes
+down when their heartbeats stop. It holds no transport code: the cluster port's server gives it each
+session's :class:`Channel` and the typed messages the agent sends (shoal.cluster.messages).
 """
 
 from __future__ import annotations
@@ -10,17 +11,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
+from shoal.aio import MONOTONIC, Clock, cancel_all
+from shoal.cluster.messages import (
+    Ack,
+    Assignments,
+    DescribeAgain,
+    Description,
+    Heartbeat,
+    Hello,
+    Message,
+    Nack,
+    NetworkMap,
+    RoleChange,
+    SessionConfig,
+    StatusReport,
+    Welcome,
+)
+from shoal.manager import netmap
 from shoal.manager.secrets import Sealer, needed, payload
 from shoal.model import states
-from shoal.model.errors import OutOfSequence
+from shoal.model.errors import OutOfSequence, StoreError
 from shoal.model.ids import now
-from shoal.store.base import StoreError
+from shoal.model.views import ClusterView, NodeView
 from shoal.store.objects import Objects
 
 log = logging.getLogger(__name__)
+
+
+class Channel(Protocol):
+    """The transport of one session (the cluster port's WebSocket)."""
+
+    async def send(self, msg: Message) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def assigned_to(objs: Objects, node_id: str) -> list[dict]:
@@ -58,48 +83,11 @@ async def update_status(objs: Objects, task_id: str, status: dict) -> bool:
     return applied
 
 
-class LocalSession:
-    """The in-process session of the agent that runs beside the leader."""
-
-    def __init__(self, objs: Objects, node_id: str) -> None:
-        self.objs = objs
-        self.node_id = node_id
-        self._watcher = objs.watcher(("tasks",))
-        self._mine: set[str] = set()
-
-    def assigned(self) -> list[dict]:
-        tasks = assigned_to(self.objs, self.node_id)
-        self._mine = {t["ID"] for t in tasks}
-        return tasks
-
-    async def changed(self, timeout: float | None) -> None:
-        deadline = asyncio.get_running_loop().time() + (timeout or 3600)
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
-            changes = await self._watcher.wait(left)
-            tasks = self.objs.cache["tasks"]
-            for _, tid in changes:
-                t = tasks.get(tid)
-                if tid in self._mine or (t is not None and t.get("NodeID") == self.node_id):
-                    return
-
-    async def report(self, task_id: str, status: dict) -> None:
-        with contextlib.suppress(Exception):
-            await update_status(self.objs, task_id, status)
-
-    def close(self) -> None:
-        self.objs.unwatch(self._watcher)
-
-
-# -- sessions over the cluster port ---------------------------------------------------------------
-
 def heartbeat_interval(objs: Objects) -> float:
     """How often agents send heartbeats: a fifth of the cluster's HeartbeatPeriod, at most 1 s."""
     period = 5e9
     for c in objs.list("clusters"):
-        period = ((c.get("Spec") or {}).get("Dispatcher") or {}).get("HeartbeatPeriod") or period
+        period = ClusterView(c).heartbeat_period
     return max(0.1, min(1.0, period / 1e9 / 5))
 
 
@@ -111,9 +99,9 @@ def _fingerprint(task: dict) -> tuple:
 class AgentSession:
     """The manager's end of one agent's session."""
 
-    def __init__(self, node_id: str, send: Callable[[dict], Awaitable[None]], role: str = "worker") -> None:
+    def __init__(self, node_id: str, channel: Channel, role: str = "worker") -> None:
         self.node_id = node_id
-        self.send = send
+        self.channel = channel
         self.role = role  # the role in the node's certificate
         self.role_sent = ""
         self.sent: dict[str, tuple] = {}
@@ -122,20 +110,26 @@ class AgentSession:
         self.net_dirty = asyncio.Event()
         self.netmap: dict | None = None
         self.closed = False
-        self.hangup: Callable[[], Awaitable[object]] | None = None  # ends the transport
+        self.pumps: list[asyncio.Task] = []  # what sends the node its tasks and its network map
+
+    async def send(self, msg: Message) -> None:
+        await self.channel.send(msg)
 
 
 class Dispatcher:
     """Keeps agent sessions: pushes each node its tasks, applies status reports, and marks nodes down
     when their heartbeats stop (after ``timeout``: 3 heartbeat intervals)."""
 
-    def __init__(self, objs: Objects) -> None:
+    name = "dispatcher"
+
+    def __init__(self, objs: Objects, sealer: Sealer | None = None, clock: Clock = MONOTONIC) -> None:
         self.objs = objs
+        self.clock = clock
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, float] = {}
-        self._started = time.monotonic()
+        self._started = clock.now()
         self.stopped = False
-        self.sealer: Sealer | None = None  # opens secrets for the nodes that need them
+        self.sealer = sealer  # opens secrets for the nodes that need them (None: no CA key here)
 
     @property
     def interval(self) -> float:
@@ -146,7 +140,7 @@ class Dispatcher:
         return 3 * self.interval
 
     def seen(self, node_id: str) -> None:
-        self.last_seen[node_id] = time.monotonic()
+        self.last_seen[node_id] = self.clock.now()
 
     async def run(self) -> None:
         watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes"))
@@ -159,7 +153,7 @@ class Dispatcher:
                     interval = self.interval
                     for s in list(self.sessions.values()):
                         with contextlib.suppress(Exception):
-                            await s.send({"type": "config", "heartbeat": interval})
+                            await s.send(SessionConfig(heartbeat=interval))
                 tasks = self.objs.cache["tasks"]
                 nodes = set()
                 if any(kind != "clusters" for kind, _ in changes):
@@ -195,11 +189,11 @@ class Dispatcher:
         self._started = min(now_, self._started + stalled)
 
     async def _check_heartbeats(self) -> None:
-        tick = time.monotonic()
+        tick = self.clock.now()
         while True:
             pause = min(0.25, self.interval / 2)
-            await asyncio.sleep(pause)
-            now_ = time.monotonic()
+            await self.clock.sleep(pause)
+            now_ = self.clock.now()
             late = now_ - tick - pause
             tick = now_
             if late > self.interval:
@@ -273,32 +267,37 @@ class Dispatcher:
             return
         s.role_sent = want
         with contextlib.suppress(Exception):
-            await s.send({"type": "role", "role": want})
+            await s.send(RoleChange(role=want))
 
-    async def open(self, node_id: str, send: Callable[[dict], Awaitable[None]], hello: dict,
-                   addr: str, role: str = "worker") -> AgentSession:
+    async def open(self, node_id: str, role: str, channel: Channel, hello: Hello, addr: str) -> AgentSession:
+        """A node's new session (its older one ends): the node is ready, and its tasks and network map
+        are sent from now on until :meth:`close`. A session opened as leadership ends is closed at once."""
         old = self.sessions.get(node_id)
         if old is not None:
             self.close(old)
-        s = AgentSession(node_id, send, role)
+        s = AgentSession(node_id, channel, role)
         if self.stopped:  # leadership ended meanwhile
             s.closed = True
             return s
         self.sessions[node_id] = s
         self.seen(node_id)
-        await self.set_node_state(node_id, "ready", addr=hello.get("addr") or addr,
-                                  description=hello.get("description"))
-        managers = sorted((n.get("ManagerStatus") or {}).get("Addr", "") for n in self.objs.list("nodes")
-                          if n["Spec"].get("Role") == "manager" and n.get("ManagerStatus"))
-        await send({"type": "welcome", "node_id": node_id, "heartbeat": self.interval, "managers": managers})
+        await self.set_node_state(node_id, "ready", addr=hello.addr or addr, description=hello.description or None)
+        managers = sorted(NodeView(n).manager_addr for n in self.objs.list("nodes")
+                          if NodeView(n).role == "manager" and NodeView(n).manager_status is not None)
+        await s.send(Welcome(node_id=node_id, heartbeat=self.interval, managers=managers))
         s.dirty.set()
         await self.tell_role(s)
+        s.pumps = [asyncio.create_task(self._pump(s), name=f"assignments-{node_id}"),
+                   asyncio.create_task(self._net_pump(s), name=f"netmap-{node_id}")]
         return s
 
     def close(self, s: AgentSession) -> None:
+        """End a session (the transport ended, or a newer session of the node replaced it)."""
         s.closed = True
         s.dirty.set()
         s.net_dirty.set()
+        for t in s.pumps:
+            t.cancel()
         if self.sessions.get(s.node_id) is s:
             del self.sessions[s.node_id]
 
@@ -307,14 +306,12 @@ class Dispatcher:
         self.stopped = True
         for s in list(self.sessions.values()):
             self.close(s)
-            if s.hangup is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(s.hangup(), 1.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.channel.close(), 1.0)
+            await cancel_all(s.pumps)
 
-    async def net_pump(self, s: AgentSession) -> None:
+    async def _net_pump(self, s: AgentSession) -> None:
         """Send the node its network map whenever it changes (changes are gathered for 50 ms)."""
-        from shoal.network import netmap
-
         s.net_dirty.set()
         while not s.closed:
             await s.net_dirty.wait()
@@ -324,10 +321,10 @@ class Dispatcher:
                 return
             m = netmap.compute(self.objs, s.node_id)
             if m != s.netmap:
-                await s.send({"type": "netmap", "map": m})
+                await s.send(NetworkMap(map=m))
                 s.netmap = m
 
-    async def pump(self, s: AgentSession) -> None:
+    async def _pump(self, s: AgentSession) -> None:
         """Send the node its task changes until the session closes."""
         full = True
         while not s.closed:
@@ -344,29 +341,29 @@ class Dispatcher:
                         and (p := payload(self.objs, self.sealer, k, oid)) is not None] for k, ids in want.items()}
             gone = {k: sorted(s.deps_sent[k] - ids) for k, ids in want.items()}
             if full or changed or removed or any(deps.values()) or any(gone.values()):
-                await s.send({"type": "assignments", "full": full, "tasks": changed, "removed": removed,
-                              **deps, "removed_deps": gone})
+                await s.send(Assignments(full=full, tasks=changed, removed=removed, secrets=deps["secrets"],
+                                         configs=deps["configs"], removed_deps=gone))
             s.sent = {tid: _fingerprint(t) for tid, t in tasks.items()}
             s.deps_sent = {k: {p["ID"] for p in deps[k]} | (set() if full else s.deps_sent[k] & want[k])
                            for k in want}
             full = False
 
-    async def handle(self, s: AgentSession, msg: dict) -> None:
+    async def receive(self, s: AgentSession, msg: Message) -> None:
+        """A message from the node's agent."""
         self.seen(s.node_id)
-        kind = msg.get("type")
-        if kind == "heartbeat":  # answered, so the agent can tell a dead manager from a quiet one
-            await s.send({"type": "heartbeat"})
-        elif kind == "status":
+        if isinstance(msg, Heartbeat):  # answered, so the agent can tell a dead manager from a quiet one
+            await s.send(Heartbeat())
+        elif isinstance(msg, StatusReport):
             try:
-                await update_status(self.objs, msg["id"], msg["status"])
+                await update_status(self.objs, msg.id, msg.status)
             except StoreError:  # the agent keeps the report and sends it again
-                await s.send({"type": "nack", "seq": msg.get("seq")})
+                await s.send(Nack(seq=msg.seq))
                 return
-            await s.send({"type": "ack", "seq": msg.get("seq")})
-        elif kind == "hello":
-            await self.set_node_state(s.node_id, "ready", description=msg.get("description"))
-        elif kind == "description" and isinstance(msg.get("description"), dict):
+            await s.send(Ack(seq=msg.seq))
+        elif isinstance(msg, Hello):
+            await self.set_node_state(s.node_id, "ready", description=msg.description or None)
+        elif isinstance(msg, Description) and isinstance(msg.description, dict):
             try:
-                await self.update_description(s.node_id, msg["description"])
+                await self.update_description(s.node_id, msg.description)
             except (StoreError, OutOfSequence):  # the agent sends it again next period
-                await s.send({"type": "describe-again"})
+                await s.send(DescribeAgain())

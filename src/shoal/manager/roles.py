@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 LOSS_OF_QUORUM = "can't remove member from the raft: this would result in a loss of quorum"
 
 
-def is_manager(node: dict) -> bool:
-    return node["Spec"].get("Role") == "manager" or node.get("ManagerStatus") is not None
-
-
 def manager_stats(objs: Objects, self_id: str) -> tuple[int, int]:
     """(reachable, unreachable) managers with a ManagerStatus, counting this node as reachable."""
     reachable = unreachable = 0

@@ -12,7 +12,7 @@ import logging
 
 import aiohttp
 
-from shoal.api.proxy import EngineProxy
+from shoal.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,14 @@ OPTIONS = {
 }
 
 
-async def ensure(proxy: EngineProxy) -> None:
+async def ensure(engine: Engine) -> None:
     """Create ``docker_gwbridge`` on the engine unless it exists."""
     try:
-        async with proxy.session.get(f"http://docker/networks/{NAME}") as resp:
+        async with engine.session.get(f"http://docker/networks/{NAME}") as resp:
             if resp.status == 200:
                 return
         body = {"Name": NAME, "Driver": "bridge", "CheckDuplicate": True, "Options": OPTIONS}
-        async with proxy.session.post("http://docker/networks/create", json=body) as resp:
+        async with engine.session.post("http://docker/networks/create", json=body) as resp:
             if resp.status not in (201, 409):
                 log.warning("could not create %s: %s %s", NAME, resp.status, await resp.text())
     except aiohttp.ClientError as e:

@@ -30,6 +30,9 @@ __all__ = ["Election"]
 log = logging.getLogger(__name__)
 
 
+LEADER_KEY = "/shoal/leader"  # the elected leader's key (its value says who and where)
+
+
 class Election:
     """One candidate for ``key``. ``value`` (e.g. this manager's address) is what :meth:`leader` shows.
 
@@ -38,7 +41,7 @@ class Election:
     :class:`StoreError` when the store fails or the lease is lost before winning; call it again.
     """
 
-    def __init__(self, store: Store, key: str = "/shoal/leader", ttl: int = 2, value: bytes = b"") -> None:
+    def __init__(self, store: Store, key: str = LEADER_KEY, ttl: int = 2, value: bytes = b"") -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.store = store

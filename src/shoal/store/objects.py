@@ -136,7 +136,7 @@ class Objects:
 
     # -- cache maintenance -------------------------------------------------------------------
     async def start(self) -> None:
-        await self._load()
+        await self.reload()
         self._task = asyncio.create_task(self._follow(), name="objects-watch")
 
     async def stop(self) -> None:
@@ -146,7 +146,8 @@ class Objects:
                 await self._task
             self._task = None
 
-    async def _load(self) -> None:
+    async def reload(self) -> None:
+        """Read every object from the store again (at start, and when the watch cannot go on)."""
         kvs, rev = await self.store.range(PREFIX)
         fresh: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
         for kv in kvs:
@@ -168,12 +169,12 @@ class Objects:
                         self._apply_event(ev.type, ev.kv)
             except CompactedError:
                 log.warning("watch compacted; reloading the cache")
-                await self._load()
+                await self.reload()
             except StoreError as e:
                 log.warning("store watch failed (%s); retrying", e)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(StoreError):
-                    await self._load()
+                    await self.reload()
 
     def _apply_event(self, etype: str, kv: KV) -> None:
         self.revision = max(self.revision, kv.mod_revision)

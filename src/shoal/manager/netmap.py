@@ -22,104 +22,93 @@ tasks, or one of its standalone containers (an attachment), is attached to.
 
 from __future__ import annotations
 
-from shoal.manager.allocator import vni_of
 from shoal.model import states
 from shoal.model.addr import ip_of
 from shoal.model.network import resource
+from shoal.model.views import NetworkView, NodeView, ServiceView, TaskView
 from shoal.store.objects import Objects
 
 
-def _live(task: dict) -> bool:
-    return states.rank(task["DesiredState"]) <= states.rank(states.RUNNING) and \
-        not states.terminal(task["Status"]["State"])
-
-
-def _present(task: dict) -> bool:
+def _present(t: TaskView) -> bool:
     """Its container may still run: a stopping task stays a VXLAN peer (and keeps its node on the network)
     until it has stopped, so connections already sent to it finish; new ones go elsewhere (``_serving``)."""
-    observed = task["Status"]["State"]
-    return _live(task) or (bool(task.get("NodeID")) and states.rank(observed) >= states.rank(states.ASSIGNED)
-                           and not states.terminal(observed))
+    return t.live or (bool(t.node_id) and not states.before(t.state, states.ASSIGNED) and not t.terminal)
 
 
-def _serving(task: dict) -> bool:
-    return task["Status"]["State"] == states.RUNNING and task["DesiredState"] == states.RUNNING
+def _serving(t: TaskView) -> bool:
+    return t.state == states.RUNNING and t.desired == states.RUNNING
 
 
 def compute(objs: Objects, node_id: str) -> dict:
-    nodes = objs.cache["nodes"]
-    node = nodes.get(node_id) or {}
-    networks = {n["ID"]: n for n in objs.list("networks")}
-    ingress = next((nid for nid, n in networks.items() if n["Spec"].get("Ingress")), None)
+    nodes = {nid: NodeView(n) for nid, n in objs.cache["nodes"].items()}
+    node = nodes.get(node_id)
+    networks = {n["ID"]: NetworkView(n) for n in objs.list("networks")}
+    ingress = next((nid for nid, n in networks.items() if n.ingress), None)
     mine: set[str] = {ingress} if ingress else set()
-    for t in objs.tasks_of_node(node_id):
+    for raw in objs.tasks_of_node(node_id):
+        t = TaskView(raw)
         if _present(t):
-            mine.update(a["Network"]["ID"] for a in t.get("NetworksAttachments") or [])
-    own = {a["Network"]["ID"]: a["Addresses"][0] for a in node.get("Attachments") or [] if a.get("Addresses")}
+            mine.update(t.network_ids)
     out_nets = {}
     for nid in sorted(mine):
         net = networks.get(nid)
         if net is None:
             continue
-        cfg = ((net.get("IPAMOptions") or {}).get("Configs") or [{}])[0]
         out_nets[nid] = {
-            "name": net["Spec"]["Name"], "vni": vni_of(net), "subnet": cfg.get("Subnet", ""),
-            "gateway": cfg.get("Gateway", ""), "ingress": bool(net["Spec"].get("Ingress")),
-            "internal": bool(net["Spec"].get("Internal")), "local_addr": own.get(nid),
-            "resource": resource(net),  # what `docker network ls/inspect` shows on this node
+            "name": net.name, "vni": net.vni, "subnet": net.subnet, "gateway": net.gateway,
+            "ingress": net.ingress, "internal": net.internal,
+            "local_addr": node.address_on(nid) if node is not None else None,
+            "resource": resource(net.raw),  # what `docker network ls/inspect` shows on this node
         }
     peers: dict[str, list[dict]] = {nid: [] for nid in out_nets}
     for other_id, other in nodes.items():
-        vtep = (other.get("Status") or {}).get("Addr", "")
-        if other_id == node_id or not vtep:
+        if other_id == node_id or not other.addr:
             continue
-        for a in other.get("Attachments") or []:
+        for a in other.attachments:
             if a["Network"]["ID"] in peers and a.get("Addresses"):
-                peers[a["Network"]["ID"]].append({"ip": ip_of(a["Addresses"][0]), "vtep": vtep})
+                peers[a["Network"]["ID"]].append({"ip": ip_of(a["Addresses"][0]), "vtep": other.addr})
     services = []
-    for svc in objs.list("services"):
-        tasks = objs.tasks_of_service(svc["ID"])
+    for raw_svc in objs.list("services"):
+        svc = ServiceView(raw_svc)
         svc_nets = set()
         backends: dict[str, list[str]] = {}
-        for t in tasks:
-            tnode = nodes.get(t.get("NodeID", "")) or {}
-            vtep = (tnode.get("Status") or {}).get("Addr", "")
-            for a in t.get("NetworksAttachments") or []:
+        for t in map(TaskView, objs.tasks_of_service(svc.id)):
+            tnode = nodes.get(t.node_id)
+            vtep = tnode.addr if tnode is not None else ""
+            for a in t.attachments:
                 nid = a["Network"]["ID"]
                 svc_nets.add(nid)
                 if nid not in out_nets or not a.get("Addresses"):
                     continue
                 ip = ip_of(a["Addresses"][0])
-                if _present(t) and t.get("NodeID") and t["NodeID"] != node_id and vtep:
+                if _present(t) and t.node_id and t.node_id != node_id and vtep:
                     peers[nid].append({"ip": ip, "vtep": vtep})
                 if _serving(t):
                     backends.setdefault(nid, []).append(ip)
-        ep = svc.get("Endpoint") or {}
-        vips = {v["NetworkID"]: ip_of(v["Addr"]) for v in ep.get("VirtualIPs") or [] if v.get("Addr")}
-        if not (svc_nets | set(vips)) & set(out_nets) and not ep.get("Ports"):
+        vips = {v["NetworkID"]: ip_of(v["Addr"]) for v in svc.virtual_ips if v.get("Addr")}
+        if not (svc_nets | set(vips)) & set(out_nets) and not svc.ports:
             continue
-        aliases = {n["Target"]: n.get("Aliases") or []
-                   for n in (svc["Spec"].get("TaskTemplate") or {}).get("Networks") or []}
         services.append({
-            "id": svc["ID"], "name": svc["Spec"]["Name"], "aliases": aliases,
-            "mode": (ep.get("Spec") or {}).get("Mode") or "vip",
+            "id": svc.id, "name": svc.name,
+            "aliases": {n["Target"]: n.get("Aliases") or [] for n in svc.task_template.get("Networks") or []},
+            "mode": (svc.endpoint.get("Spec") or {}).get("Mode") or "vip",
             "vips": {nid: ip for nid, ip in vips.items() if nid in out_nets},
             "backends": {nid: sorted(ips) for nid, ips in backends.items()},
             "ports": [{"protocol": p.get("Protocol") or "tcp", "target": p["TargetPort"],
                        "published": p.get("PublishedPort") or 0, "mode": p.get("PublishMode") or "ingress"}
-                      for p in ep.get("Ports") or []],
+                      for p in svc.ports],
         })
     attachments = []  # standalone containers on attachable networks (tasks without a service)
-    for t in objs.tasks_of_service(""):
-        tnode = nodes.get(t.get("NodeID", "")) or {}
-        vtep = (tnode.get("Status") or {}).get("Addr", "")
-        for a in t.get("NetworksAttachments") or []:
+    for t in map(TaskView, objs.tasks_of_service("")):
+        tnode = nodes.get(t.node_id)
+        vtep = tnode.addr if tnode is not None else ""
+        for a in t.attachments:
             nid = a["Network"]["ID"]
-            if not a.get("Addresses") or not _live(t):
+            if not a.get("Addresses") or not t.live:
                 continue
-            if t.get("NodeID") == node_id:
-                attachments.append({"id": t["ID"], "network": nid, "ip": ip_of(a["Addresses"][0]),
-                                    "created": t.get("CreatedAt", "")})
+            if t.node_id == node_id:
+                attachments.append({"id": t.id, "network": nid, "ip": ip_of(a["Addresses"][0]),
+                                    "created": t.created_at})
             elif nid in peers and vtep:
                 peers[nid].append({"ip": ip_of(a["Addresses"][0]), "vtep": vtep})
     for nid in peers:
@@ -127,6 +116,6 @@ def compute(objs: Objects, node_id: str) -> dict:
         for p in peers[nid]:
             seen[p["ip"]] = p
         peers[nid] = sorted(seen.values(), key=lambda p: p["ip"])
-    return {"node": {"id": node_id, "addr": (node.get("Status") or {}).get("Addr", "")},
+    return {"node": {"id": node_id, "addr": node.addr if node is not None else ""},
             "networks": out_nets, "peers": peers, "services": sorted(services, key=lambda s: s["name"]),
             "attachments": sorted(attachments, key=lambda a: a["id"])}

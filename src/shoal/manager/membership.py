@@ -1,0 +1,139 @@
+"""Joining and changing role: the leader's answers to ``/join`` and ``/role`` on the cluster port, and the
+etcd members behind managers (quorum arithmetic and the role manager are in :mod:`shoal.manager.roles`).
+
+A joining node sends a token and a CSR: the token says its role, the CA signs its certificate, its node
+object is written, and a manager also gets an etcd member (added before it starts its own, as etcd wants),
+the CA key and the etcd cluster to join. A promoted or demoted node asks the same way for what its new
+role needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+
+from shoal.cluster.messages import JoinAnswer, JoinRequest, RoleAnswer, RoleRequest
+from shoal.manager.ca import ClusterCA
+from shoal.model.errors import APIError, BadRequest, Unavailable
+from shoal.model.ids import new_id, now
+from shoal.model.views import NodeView
+from shoal.store.base import StoreError
+from shoal.store.etcd import EtcdStore, initial_cluster
+from shoal.store.objects import Objects
+
+INVALID_TOKEN = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
+REMOVED = "rpc error: code = PermissionDenied desc = node has been removed from the swarm"
+
+
+def manager_addrs(objs: Objects) -> list[str]:
+    """The cluster addresses of the managers."""
+    return [v.manager_addr for v in map(NodeView, objs.list("nodes")) if v.role == "manager" and v.manager_addr]
+
+
+def cluster_of(objs: Objects) -> dict:
+    clusters = objs.list("clusters")
+    if not clusters:
+        raise Unavailable("shoal: the cluster object is missing from the store")
+    return clusters[0]
+
+
+async def add_etcd_member(store: EtcdStore, name: str, peer_url: str) -> str:
+    """Add a joining manager's etcd member; returns its ``--initial-cluster``. etcd refuses changes until
+    every member has been up for 5 s ("unhealthy cluster"): retry for a while. A member already added for
+    ``peer_url`` (a retried join or promotion) is reused."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            members = await store.member_list()
+            existing = next((m for m in members if peer_url in m.peer_urls), None)
+            if existing is not None:
+                return initial_cluster(members, existing, name)
+            new, members = await store.member_add([peer_url])
+            return initial_cluster(members, new, name)
+        except (StoreError, ValueError) as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(f"rpc error: code = Unavailable desc = could not add an etcd member: {e}") from e
+            await asyncio.sleep(0.5)
+
+
+async def remove_etcd_member(store: EtcdStore, name: str) -> None:
+    """Remove the etcd member of manager ``name`` (a node ID), if there is one."""
+    for m in await store.member_list():
+        if m.name == name:
+            await store.member_remove(m.id)
+            return
+
+
+async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, req: JoinRequest, peer_addr: str) -> JoinAnswer:
+    """A node joins with a token: its identity, certificate and node object (and, for a manager, its etcd
+    member and the CA key)."""
+    cluster = cluster_of(objs)
+    tokens = cluster.get("JoinTokens") or {}
+    role = next((r for r, key in (("worker", "Worker"), ("manager", "Manager"))
+                 if hmac.compare_digest(str(req.token), tokens.get(key, ""))), None)
+    if role is None:
+        raise BadRequest(INVALID_TOKEN)
+    node_id = new_id()
+    try:
+        cert = ca.sign(req.csr.encode(), node_id, role, cluster["ID"])
+    except ValueError as e:
+        raise BadRequest(f"invalid certificate request: {e}") from None
+    addr = req.addr or peer_addr
+    avail = req.availability or "active"
+    if avail not in ("active", "pause", "drain"):
+        raise BadRequest(f"invalid Availability: {avail!r}")
+    ts = now()
+    node = {
+        "ID": node_id, "CreatedAt": ts, "UpdatedAt": ts,
+        "Spec": {"Labels": {}, "Role": role, "Availability": avail},
+        "Description": req.description or {},
+        "Status": {"State": "unknown", "Addr": addr},
+    }
+    answer = JoinAnswer(node_id=node_id, role=role, cert=cert.decode(), ca=ca.cert_pem().decode(),
+                        managers=manager_addrs(objs))
+    if role == "manager":
+        node["ManagerStatus"] = {"Leader": False, "Reachability": "reachable",
+                                 "Addr": req.cluster_addr or f"{addr}:2377"}
+    # the node first: once its etcd member is added, writes wait for it to start (quorum)
+    await objs.create("nodes", node)
+    if role == "manager":
+        try:
+            answer.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await objs.delete("nodes", objs.get("nodes", node_id) or node)
+            raise
+        answer.ca_key = ca.key_pem().decode()
+    return answer
+
+
+async def change_role(objs: Objects, store: EtcdStore, ca: ClusterCA, node_id: str, req: RoleRequest) -> RoleAnswer:
+    """A node whose desired role changed asks for it: a certificate for the role, and for a new manager its
+    ManagerStatus, an etcd member, the CA key and the etcd cluster to join."""
+    raw = objs.get("nodes", node_id)
+    if raw is None:
+        raise APIError(REMOVED, 403)
+    node = NodeView(raw)
+    answer = RoleAnswer(role=node.role, managers=manager_addrs(objs))
+    if node.role == "worker" and node.manager_status is not None:
+        raise Unavailable("rpc error: code = Unavailable desc = the demotion is not finished yet")
+    if node.role == "manager":
+        addr = req.cluster_addr
+
+        def add_status(n: dict) -> bool:
+            if n.get("ManagerStatus") is not None:
+                return False
+            n["ManagerStatus"] = {"Leader": False, "Reachability": "reachable", "Addr": addr}
+            n["UpdatedAt"] = now()
+            return True
+
+        await objs.modify("nodes", node_id, add_status)
+        answer.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
+        answer.ca_key = ca.key_pem().decode()
+        answer.managers = sorted({*manager_addrs(objs), addr})
+    try:
+        answer.cert = ca.sign(req.csr.encode(), node_id, node.role, cluster_of(objs)["ID"]).decode()
+    except ValueError as e:
+        raise BadRequest(f"invalid certificate request: {e}") from None
+    return answer

@@ -1,0 +1,1 @@
+"""This host's node: its state, joining and leaving, its agent and (while a manager) its manager."""
