@@ -20,8 +20,9 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the unix_http helper
 
-from shoal import unix_http  # noqa: E402
+import unix_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_SOCK = "/var/run/docker.sock"

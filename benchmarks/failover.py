@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the unix_http helper
 
+import unix_http  # noqa: E402
 from _lab import docker_swarm, lab_in_use  # noqa: E402
 
-from shoal import unix_http  # noqa: E402
 from shoal.lab.lab import Lab, down  # noqa: E402
 
 WEB = "shoal/demo-web:latest"

@@ -11,9 +11,9 @@ import urllib.parse
 from collections.abc import Iterator
 
 import pytest
+import unix_http
 from labtools import module_lab, wait_for
 
-from shoal import unix_http
 from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab

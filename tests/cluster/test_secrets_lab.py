@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import unix_http
 from labtools import module_lab, wait_for
 
-from shoal import unix_http
 from shoal.lab.lab import Lab
 
 pytestmark = pytest.mark.lab

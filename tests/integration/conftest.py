@@ -16,9 +16,8 @@ from pathlib import Path
 
 import docker
 import pytest
+import unix_http
 from openapi_check import check_record
-
-from shoal import unix_http
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOAL = [sys.executable, "-m", "shoal.cli"]

@@ -42,8 +42,8 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
     cs = spec.get("ContainerSpec") or {}
     name = task_name(task)
     svc = task.get("ServiceAnnotations") or {}
-    labels = dict(cs.get("Labels") or {})
-    labels.update({
+    container_labels = dict(cs.get("Labels") or {})
+    container_labels.update({
         labels.NODE_ID: node_id, labels.SERVICE_ID: task["ServiceID"], labels.SERVICE_NAME: svc.get("Name", ""),
         labels.TASK: "", labels.TASK_ID: task["ID"], labels.TASK_NAME: name,
     })
@@ -79,7 +79,7 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
     cfg: dict[str, Any] = {
         "ExposedPorts": {f"{p['TargetPort']}/{p.get('Protocol') or 'tcp'}": {} for p in host_ports},
         "Image": cs["Image"],
-        "Labels": labels,
+        "Labels": container_labels,
         "Env": cs.get("Env") or [],
         "WorkingDir": cs.get("Dir") or "",
         "User": cs.get("User") or "",

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from shoal.model import labels
+from shoal.model.labels import STRATEGY
 
 from .nodeinfo import MAX_FAILURES, MONITOR_FAILURES, NodeInfo
 
-STRATEGY_LABEL = labels.STRATEGY
+STRATEGY_LABEL = STRATEGY
 DEFAULT_STRATEGY = "spread"
 
 __all__ = [

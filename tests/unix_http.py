@@ -1,4 +1,5 @@
-"""A blocking HTTP client over a unix socket, for scripts, benchmarks and tests that talk to shoald or dockerd."""
+"""A blocking HTTP client over a unix socket, for the tests and benchmarks that talk to shoald or dockerd
+(benchmarks put this folder on their path)."""
 
 from __future__ import annotations
 
