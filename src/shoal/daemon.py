@@ -37,8 +37,7 @@ from shoal.manager.allocator import Allocator, NetworkAllocator
 from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.events import SwarmEvents
-from shoal.manager.orchestrator.orchestrator import Orchestrator
-from shoal.manager.reaper import Reaper
+from shoal.manager.orchestrator import orchestrators
 from shoal.manager.roles import RoleManager
 from shoal.manager.scheduler.controller import SchedulerController
 from shoal.manager.secrets import cached_sealer
@@ -435,8 +434,8 @@ class Daemon:
         self.netalloc = NetworkAllocator(self.objs)
         self.netalloc.load()
         for name, coro in (("dispatcher", self.dispatcher.run()),
-                           *((c.name, c.run()) for c in (Orchestrator(self.objs), Allocator(self.objs, self.netalloc),
-                                                         SchedulerController(self.objs), Reaper(self.objs),
+                           *((c.name, c.run()) for c in (*orchestrators(self.objs), Allocator(self.objs, self.netalloc),
+                                                         SchedulerController(self.objs),
                                                          RoleManager(self.objs, self.node_id,
                                                                      self.remove_etcd_member)))):
             self._leader_tasks.append(asyncio.create_task(coro, name=name))

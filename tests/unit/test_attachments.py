@@ -16,8 +16,7 @@ from test_control_plane import make_cluster, make_node
 from shoal.manager import attachments
 from shoal.manager.allocator import Allocator, NetworkAllocator
 from shoal.manager.dispatcher import assigned_to
-from shoal.manager.orchestrator.orchestrator import Orchestrator
-from shoal.manager.reaper import Reaper
+from shoal.manager.orchestrator import orchestrators
 from shoal.model.errors import APIError
 from shoal.model.network import ingress_spec, new_network, spec_from_request
 from shoal.network import netmap
@@ -48,7 +47,7 @@ async def manager() -> AsyncIterator[SimpleNamespace]:
         node["Status"]["Addr"] = f"192.168.77.{10 + i}"
         await objs.create("nodes", node)
         nodes.append(node["ID"])
-    tasks = [asyncio.create_task(c.run()) for c in (Allocator(objs, netalloc), Orchestrator(objs), Reaper(objs))]
+    tasks = [asyncio.create_task(c.run()) for c in (Allocator(objs, netalloc), *orchestrators(objs))]
     daemon = SimpleNamespace(objs=objs, netalloc=netalloc, alloc_lock=asyncio.Lock(), nets=nets, nodes=nodes)
     try:
         yield daemon

@@ -25,8 +25,8 @@ import pytest
 from shoal.daemon import default_cluster_spec
 from shoal.manager.allocator import Allocator
 from shoal.manager.dispatcher import assigned_to, update_status
-from shoal.manager.orchestrator.orchestrator import Orchestrator
-from shoal.manager.reaper import Reaper
+from shoal.manager.orchestrator import orchestrators
+from shoal.manager.orchestrator.reaper import TaskReaper
 from shoal.manager.scheduler.controller import SchedulerController
 from shoal.model import states
 from shoal.model.ids import new_id, now
@@ -247,7 +247,7 @@ class Swarm:
         await self.objs.create("clusters", make_cluster(self.retention))
         for i in range(nodes):
             await self.add_node(role="manager" if i == 0 else "worker")
-        for ctl in (Orchestrator(self.objs), Allocator(self.objs), SchedulerController(self.objs), Reaper(self.objs)):
+        for ctl in (*orchestrators(self.objs), Allocator(self.objs), SchedulerController(self.objs)):
             self._tasks.append(asyncio.create_task(ctl.run(), name=ctl.name))
 
     async def stop(self) -> None:
@@ -686,7 +686,7 @@ async def test_default_task_history_retention_is_five_per_slot() -> None:
         await h.objs.modify("clusters", cluster["ID"],
                             lambda c: c["Spec"]["Orchestration"].pop("TaskHistoryRetentionLimit"))
         assert "TaskHistoryRetentionLimit" not in h.objs.list("clusters")[0]["Spec"]["Orchestration"]
-        assert Reaper(h.objs).history_limit() == 5
+        assert TaskReaper(h.objs).history_limit() == 5
 
 
 # ---- rolling update -----------------------------------------------------------------------------

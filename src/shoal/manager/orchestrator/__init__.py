@@ -1,0 +1,20 @@
+"""Orchestration: the controllers that keep each service's tasks as its spec says, and delete the tasks
+that are done with.
+
+One module per concern, as swarmkit's ``manager/orchestrator``: ``replicated`` and ``global_`` (the two
+orchestrators), ``restart`` (restart decisions and delays), ``update`` (rolling updates),
+``constraint_enforcer`` (when a task must leave its node), ``reaper`` (task deletion) and ``common``.
+"""
+
+from __future__ import annotations
+
+from shoal.manager.controller import Controller
+from shoal.manager.orchestrator.global_ import GlobalOrchestrator
+from shoal.manager.orchestrator.reaper import TaskReaper
+from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
+from shoal.store.objects import Objects
+
+
+def orchestrators(objs: Objects) -> list[Controller]:
+    """The orchestration controllers, in the order they should start."""
+    return [ReplicatedOrchestrator(objs), GlobalOrchestrator(objs), TaskReaper(objs)]
