@@ -9,9 +9,9 @@ from aiohttp import web
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import json_response, route
-from shoal.manager.orchestrator.common import INTERNAL_FIELDS, is_dirty
 from shoal.model import states
 from shoal.model.errors import BadRequest
+from shoal.model.task import INTERNAL_FIELDS, is_dirty
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
