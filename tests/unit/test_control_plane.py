@@ -1,5 +1,6 @@
-"""The manager pipeline end to end, in process: a MemoryStore, the Objects cache and the real
-controllers (Orchestrator, Allocator, SchedulerController, Reaper) running as asyncio tasks.
+"""The manager pipeline end to end, in process: a MemoryStore, the Objects cache and the leader's real
+controllers (``store_controllers``: the orchestrators, the reaper, the allocator and the scheduler, the
+same list the leader runs) as asyncio tasks.
 
 Only the agent side is simulated: :class:`SimAgent` reads what the dispatcher assigns to its node
 (``dispatcher.assigned_to``) and reports states through ``dispatcher.update_status`` as a real agent
@@ -24,9 +25,8 @@ import pytest
 
 from shoal.manager.allocator import Allocator
 from shoal.manager.dispatcher import assigned_to, update_status
-from shoal.manager.orchestrator.orchestrator import Orchestrator
-from shoal.manager.reaper import Reaper
-from shoal.manager.scheduler.controller import SchedulerController
+from shoal.manager.manager import store_controllers
+from shoal.manager.orchestrator.reaper import TaskReaper
 from shoal.model import states
 from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
@@ -247,7 +247,7 @@ class Swarm:
         await self.objs.create("clusters", make_cluster(self.retention))
         for i in range(nodes):
             await self.add_node(role="manager" if i == 0 else "worker")
-        for ctl in (Orchestrator(self.objs), Allocator(self.objs), SchedulerController(self.objs), Reaper(self.objs)):
+        for ctl in store_controllers(self.objs, Allocator(self.objs)):
             self._tasks.append(asyncio.create_task(ctl.run(), name=ctl.name))
 
     async def stop(self) -> None:
@@ -686,7 +686,7 @@ async def test_default_task_history_retention_is_five_per_slot() -> None:
         await h.objs.modify("clusters", cluster["ID"],
                             lambda c: c["Spec"]["Orchestration"].pop("TaskHistoryRetentionLimit"))
         assert "TaskHistoryRetentionLimit" not in h.objs.list("clusters")[0]["Spec"]["Orchestration"]
-        assert Reaper(h.objs).history_limit() == 5
+        assert TaskReaper(h.objs).history_limit() == 5
 
 
 # ---- rolling update -----------------------------------------------------------------------------

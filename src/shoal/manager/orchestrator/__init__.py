@@ -1,13 +1,20 @@
-"""The orchestrators (temporary: replaced by the split by concern)."""
+"""Orchestration: the controllers that keep each service's tasks as its spec says, and delete the tasks
+that are done with.
+
+One module per concern, as swarmkit's ``manager/orchestrator``: ``replicated`` and ``global_`` (the two
+orchestrators), ``restart`` (restart decisions and delays), ``update`` (rolling updates),
+``constraint_enforcer`` (when a task must leave its node), ``reaper`` (task deletion) and ``common``.
+"""
 
 from __future__ import annotations
 
 from shoal.manager.controller import Controller
+from shoal.manager.orchestrator.global_ import GlobalOrchestrator
+from shoal.manager.orchestrator.reaper import TaskReaper
+from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.store.objects import Objects
 
 
 def orchestrators(objs: Objects) -> list[Controller]:
-    from shoal.manager.orchestrator.orchestrator import Orchestrator
-    from shoal.manager.reaper import Reaper
-
-    return [Orchestrator(objs), Reaper(objs)]
+    """The orchestration controllers, in the order they should start."""
+    return [ReplicatedOrchestrator(objs), GlobalOrchestrator(objs), TaskReaper(objs)]

@@ -6,28 +6,28 @@ from __future__ import annotations
 from collections import defaultdict
 
 from shoal.manager.controller import Controller, commit_all
+from shoal.manager.orchestrator.common import created
 from shoal.model import states
+from shoal.model.views import ClusterView, TaskView
 from shoal.store.objects import Change
 
 DEFAULT_HISTORY = 5
 
 
-def _stopped(t: dict, nodes: dict[str, dict]) -> bool:
+def _stopped(t: TaskView, nodes: dict[str, dict]) -> bool:
     """The task no longer has (or never had) a container running anywhere."""
-    st = t["Status"]["State"]
-    nid = t.get("NodeID")
-    return states.terminal(st) or states.before(st, states.ASSIGNED) or not nid or nid not in nodes
+    return t.terminal or states.before(t.state, states.ASSIGNED) or t.node_id not in nodes
 
 
-class Reaper(Controller):
+class TaskReaper(Controller):
     kinds = ("tasks", "clusters", "nodes")
-    name = "reaper"
+    name = "task-reaper"
 
     def history_limit(self) -> int:
         for c in self.objs.list("clusters"):
-            limit = ((c.get("Spec") or {}).get("Orchestration") or {}).get("TaskHistoryRetentionLimit")
+            limit = ClusterView(c).history_limit
             if limit is not None:
-                return int(limit)
+                return limit
         return DEFAULT_HISTORY
 
     async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
@@ -40,23 +40,23 @@ class Reaper(Controller):
         limit = max(self.history_limit(), 1)
         out: list[Change] = []
         for sid in services:
-            groups: dict[object, list[dict]] = defaultdict(list)
-            for t in self.objs.tasks_of_service(sid):
-                if t["DesiredState"] == states.REMOVE:
+            groups: dict[object, list[TaskView]] = defaultdict(list)
+            for t in map(TaskView, self.objs.tasks_of_service(sid)):
+                if t.desired == states.REMOVE:
                     if _stopped(t, nodes):
-                        out.append(Change("tasks", t, delete=True))
+                        out.append(Change("tasks", t.raw, delete=True))
                     continue
-                groups[t["Slot"] or t.get("NodeID", "")].append(t)
+                groups[t.slot or t.node_id].append(t)
             for group in groups.values():
                 if len(group) <= limit:
                     continue
-                group.sort(key=lambda t: t.get("CreatedAt", ""))
+                group.sort(key=created)
                 extra = len(group) - limit
                 for t in group:
                     if extra <= 0:
                         break
-                    if not states.before(states.RUNNING, t["DesiredState"]) or not _stopped(t, nodes):
+                    if not states.before(states.RUNNING, t.desired) or not _stopped(t, nodes):
                         continue
-                    out.append(Change("tasks", t, delete=True))
+                    out.append(Change("tasks", t.raw, delete=True))
                     extra -= 1
         await commit_all(self.objs, out)
