@@ -10,8 +10,9 @@ images: install
 	scripts/ensure-dockerd.sh
 	images/build.sh
 
-lint:
+lint: install
 	$(VENV)/ruff check src tests benchmarks
+	$(VENV)/lint-imports --no-cache  # the layers in pyproject.toml ([tool.importlinter])
 
 unit:
 	$(VENV)/pytest -q tests/unit

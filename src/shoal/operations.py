@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from shoal.node.state import NodeState
 from shoal.store.backup import restore
 from shoal.store.base import StoreError
 
@@ -45,10 +45,10 @@ async def _download(socket: str, file: Path) -> int:
 
 def _restore(snapshot: Path, data_dir: Path) -> str:
     state_file = data_dir / "state.json"
-    if not state_file.exists():
+    st = NodeState.load(state_file)
+    if st is None:
         raise RuntimeError(f"{data_dir} holds no swarm state: restore on a manager that was part of the swarm")
-    st = json.loads(state_file.read_text())
-    if st.get("role") != "manager":
+    if st.role != "manager":
         raise RuntimeError("this node is not a manager: restore a snapshot on a manager")
     pid_file = data_dir / "etcd" / "etcd.pid"
     if pid_file.exists():
@@ -59,16 +59,16 @@ def _restore(snapshot: Path, data_dir: Path) -> str:
     kept = data_dir / f"etcd.before-restore-{int(time.time())}"
     if edir.exists():
         edir.rename(kept)
-    peer = f"https://{st['addr']}:{st.get('etcd_peer_port', 2380)}"
+    peer = f"https://{st.addr}:{st.etcd_peer_port}"
     try:
-        restore(snapshot, edir, st["node_id"], peer)
+        restore(snapshot, edir, st.node_id, peer)
     except StoreError:
         if kept.exists():
             shutil.rmtree(edir, ignore_errors=True)
             kept.rename(edir)
         raise
-    st["etcd_cluster"], st["restored"] = "", True
-    state_file.write_text(json.dumps(st))
+    st.etcd_cluster, st.restored = "", True
+    st.save(state_file)
     return str(kept) if kept.exists() else ""
 
 

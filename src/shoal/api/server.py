@@ -147,7 +147,7 @@ def make_app(control: Control) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     if os.environ.get("SHOAL_API_RECORD"):  # tests: keep every JSON answer to check it against the OpenAPI doc
-        from shoal.api.openapi import recorder
+        from shoal.api.record import recorder
 
         app.middlewares.append(recorder(os.environ["SHOAL_API_RECORD"]))
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines included

@@ -1,4 +1,5 @@
-"""Desired-state store: the protocol and its backends (etcd names are imported lazily, without grpc)."""
+"""Desired-state store: the protocol and its backends (imported lazily: shoald loads only etcd's, the tests
+and simulations only the in-memory one)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from shoal.store.base import (
     StoreError,
     TxnResult,
 )
-from shoal.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from shoal.store.etcd import EtcdStore
     from shoal.store.etcd_member import EtcdMember, EtcdTLS
+    from shoal.store.memory import MemoryStore
 
 __all__ = [
     "KV",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "MemoryStore": "shoal.store.memory",
     "EtcdStore": "shoal.store.etcd",
     "EtcdMember": "shoal.store.etcd_member",
     "EtcdTLS": "shoal.store.etcd_member",
