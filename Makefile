@@ -14,8 +14,9 @@ lint: install
 	$(VENV)/ruff check src tests benchmarks
 	$(VENV)/lint-imports --no-cache  # the layers in pyproject.toml ([tool.importlinter])
 
+# the fuzzing plugins are for the integration tests: not loaded here
 unit:
-	$(VENV)/pytest -q tests/unit
+	$(VENV)/pytest -q -p no:schemathesis -p no:hypothesispytest tests/unit
 
 integration:
 	$(VENV)/pytest -q tests/integration
