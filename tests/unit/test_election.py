@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-pytestmark = pytest.mark.looptime  # leases and timeouts run on virtual time (looptime)
-
 from shoal.store import KV, Compare, Event, MemoryStore, Op, StoreError, TxnResult
 from shoal.store.election import Election
+
+pytestmark = pytest.mark.looptime  # leases and timeouts run on virtual time (looptime)
 
 TTL = 1
 
