@@ -31,7 +31,7 @@ class Daemon:
         self.opts = opts
         self.node = Node(opts)
         self.app = make_app(NodeControl(self.node))
-        self.node.api_handler = self.app["dispatch"]  # writes other managers forward to this one
+        self.node.serve_forwarded(self.app["dispatch"])  # writes other managers forward to this one
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ from shoal.manager.allocator import Allocator
 from shoal.model import states
 from shoal.model.errors import APIError, NotFound
 from shoal.model.ids import new_id, now
-from shoal.model.views import ATTACHMENT_SPEC, NodeView, TaskView
+from shoal.model.views import ATTACHMENT_SPEC, NetworkView, NodeView, TaskView
 from shoal.store.objects import Objects
 
 
@@ -39,7 +39,7 @@ def find_network(objs: Objects, target: str) -> dict:
 async def attach(objs: Objects, allocator: Allocator, node_id: str, target: str, container: str) -> dict:
     """Make node ``node_id``'s attachment of ``container`` to network ``target`` (leader only)."""
     net = find_network(objs, target)
-    if not net["Spec"].get("Attachable") or net["Spec"].get("Ingress"):
+    if not NetworkView(net).attachable or NetworkView(net).ingress:
         raise _refused(target, "PermissionDenied", f"network {target} not manually attachable", 403)
     raw = objs.get("nodes", node_id)
     if raw is None:

@@ -198,9 +198,9 @@ class Dispatcher:
             tick = now_
             if late > self.interval:
                 self._excuse_stall(late, now_)
-            for node in self.objs.list("nodes"):
-                nid = node["ID"]
-                if node["Status"].get("State") != "ready":
+            for node in map(NodeView, self.objs.list("nodes")):
+                nid = node.id
+                if not node.ready:
                     # an open session whose "ready" was not written (the store failed then): write it now
                     if nid in self.sessions and now_ - self.last_seen.get(nid, 0.0) <= self.timeout:
                         await self.set_node_state(nid, "ready")
@@ -259,11 +259,12 @@ class Dispatcher:
     async def tell_role(self, s: AgentSession) -> None:
         """Tell a node whose desired role differs from its certificate's to change role (a demoted
         manager once its etcd member is gone)."""
-        node = self.objs.get("nodes", s.node_id)
-        if node is None:
+        raw = self.objs.get("nodes", s.node_id)
+        if raw is None:
             return
-        want = node["Spec"].get("Role", "worker")
-        if want == s.role or want == s.role_sent or (want == "worker" and node.get("ManagerStatus") is not None):
+        node = NodeView(raw)
+        want = node.role
+        if want == s.role or want == s.role_sent or (want == "worker" and node.manager_status is not None):
             return
         s.role_sent = want
         with contextlib.suppress(Exception):
@@ -282,8 +283,8 @@ class Dispatcher:
         self.sessions[node_id] = s
         self.seen(node_id)
         await self.set_node_state(node_id, "ready", addr=hello.addr or addr, description=hello.description or None)
-        managers = sorted(NodeView(n).manager_addr for n in self.objs.list("nodes")
-                          if NodeView(n).role == "manager" and NodeView(n).manager_status is not None)
+        managers = sorted(v.manager_addr for v in map(NodeView, self.objs.list("nodes"))
+                          if v.role == "manager" and v.manager_status is not None)
         await s.send(Welcome(node_id=node_id, heartbeat=self.interval, managers=managers))
         s.dirty.set()
         await self.tell_role(s)

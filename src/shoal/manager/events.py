@@ -15,6 +15,8 @@ from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from shoal.model.views import NodeView, ServiceView
+
 if TYPE_CHECKING:
     from shoal.store.objects import Objects
 
@@ -43,19 +45,16 @@ def _lower(value: object) -> str:
     return str(value).lower()
 
 
-def _node_name(node: dict) -> str:
-    return (node.get("Spec") or {}).get("Name") or (node.get("Description") or {}).get("Hostname") or ""
-
-
-def _node_changes(old: dict, new: dict) -> dict[str, str]:
+def _node_changes(old_raw: dict, new_raw: dict) -> dict[str, str]:
     out: dict[str, str] = {}
-    pairs = (("availability", old["Spec"].get("Availability"), new["Spec"].get("Availability")),
-             ("role", old["Spec"].get("Role"), new["Spec"].get("Role")),
-             ("state", (old.get("Status") or {}).get("State"), (new.get("Status") or {}).get("State")))
+    old, new = NodeView(old_raw), NodeView(new_raw)
+    pairs = (("availability", old.spec.get("Availability"), new.spec.get("Availability")),
+             ("role", old.spec.get("Role"), new.spec.get("Role")),
+             ("state", old.status.get("State"), new.status.get("State")))
     for key, a, b in pairs:
         if a != b:
             out[f"{key}.old"], out[f"{key}.new"] = _lower(a or ""), _lower(b or "")
-    oms, nms = old.get("ManagerStatus"), new.get("ManagerStatus")
+    oms, nms = old.manager_status, new.manager_status
     if oms and nms:
         if bool(oms.get("Leader")) != bool(nms.get("Leader")):
             out["leader.old"], out["leader.new"] = _lower(bool(oms.get("Leader"))), _lower(bool(nms.get("Leader")))
@@ -64,16 +63,18 @@ def _node_changes(old: dict, new: dict) -> dict[str, str]:
     return out
 
 
-def _service_changes(old: dict, new: dict) -> dict[str, str]:
+def _image(svc: ServiceView) -> str:
+    return (svc.task_template.get("ContainerSpec") or {}).get("Image") or ""
+
+
+def _service_changes(old_raw: dict, new_raw: dict) -> dict[str, str]:
     out: dict[str, str] = {}
-    image = lambda s: ((s["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image")  # noqa: E731
-    if image(old) != image(new):
-        out["image.old"], out["image.new"] = image(old) or "", image(new) or ""
-    orep = ((old["Spec"].get("Mode") or {}).get("Replicated") or None)
-    nrep = ((new["Spec"].get("Mode") or {}).get("Replicated") or None)
-    if orep is not None and nrep is not None and orep.get("Replicas") != nrep.get("Replicas"):
-        out["replicas.old"], out["replicas.new"] = str(orep.get("Replicas", 1)), str(nrep.get("Replicas", 1))
-    ous, nus = old.get("UpdateStatus"), new.get("UpdateStatus")
+    old, new = ServiceView(old_raw), ServiceView(new_raw)
+    if _image(old) != _image(new):
+        out["image.old"], out["image.new"] = _image(old), _image(new)
+    if old.mode == new.mode == "replicated" and old.replicas != new.replicas:
+        out["replicas.old"], out["replicas.new"] = str(old.replicas), str(new.replicas)
+    ous, nus = old.update_status, new.update_status
     if nus:
         if not ous:
             out["updatestate.new"] = nus.get("State", "")
@@ -85,7 +86,7 @@ def _service_changes(old: dict, new: dict) -> dict[str, str]:
 def make_event(kind: str, action: str, obj: dict, old: dict | None) -> dict:
     """Docker's events.Message for a change of a swarm object."""
     etype = KINDS[kind]
-    name = _node_name(obj) if kind == "nodes" else (obj.get("Spec") or {}).get("Name", "")
+    name = NodeView(obj).name if kind == "nodes" else (obj.get("Spec") or {}).get("Name", "")
     attrs = {"name": name}
     if action == "update" and old is not None:
         if kind == "nodes":

@@ -91,7 +91,8 @@ class ManagerConfig:
 
 class Manager:
     def __init__(self, cfg: ManagerConfig, tls: NodeTLS, client: ClusterClient, events: SwarmEvents,
-                 local_logs: LocalLogs, cluster_changed: Callable[[], None]) -> None:
+                 local_logs: LocalLogs, cluster_changed: Callable[[], None], api_handler: ApiHandler | None = None
+                 ) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.data_dir = cfg.data_dir
@@ -108,7 +109,7 @@ class Manager:
         self.dispatcher: Dispatcher | None = None  # leader only
         self.allocator: Allocator | None = None  # leader only
         self.control = ControlAPI(self)
-        self.api_handler: ApiHandler | None = None  # answers writes forwarded by other managers
+        self.api_handler = api_handler  # answers writes forwarded by other managers
         self._tasks: list[asyncio.Task] = []
         self._leader_tasks: list[asyncio.Task] = []
 
@@ -347,8 +348,8 @@ class Manager:
 
     async def become_sole_manager(self) -> None:
         """After a forced new cluster or a restore: this manager is the only one; the others are workers."""
-        for raw in self.objs.list("nodes"):
-            if raw["ID"] == self.node_id or raw.get("ManagerStatus") is None:
+        for node in map(NodeView, self.objs.list("nodes")):
+            if node.id == self.node_id or node.manager_status is None:
                 continue
 
             def to_worker(n: dict) -> bool:
@@ -357,7 +358,7 @@ class Manager:
                 n["UpdatedAt"] = now()
                 return True
 
-            await self.objs.modify("nodes", raw["ID"], to_worker)
+            await self.objs.modify("nodes", node.id, to_worker)
 
     def leave_refusal(self) -> str:
         """Docker's refusal of a manager's ``swarm leave`` without ``--force``."""
@@ -376,7 +377,7 @@ class Manager:
         answers), so the others keep their quorum arithmetic right."""
         if self.objs is None:
             return
-        others = [n for n in self.objs.list("nodes") if n.get("ManagerStatus") and n["ID"] != self.node_id]
+        others = [v for v in map(NodeView, self.objs.list("nodes")) if v.manager_status and v.id != self.node_id]
         if not others:
             return
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from shoal.manager.controller import Controller
 from shoal.model.errors import FailedPrecondition
 from shoal.model.ids import now
+from shoal.model.views import NodeView
 from shoal.store.objects import Objects
 
 log = logging.getLogger(__name__)
@@ -23,37 +24,38 @@ log = logging.getLogger(__name__)
 LOSS_OF_QUORUM = "can't remove member from the raft: this would result in a loss of quorum"
 
 
+def _members(objs: Objects) -> list[NodeView]:
+    """The managers that are etcd members (they have a ManagerStatus)."""
+    return [v for v in map(NodeView, objs.list("nodes")) if v.manager_status is not None]
+
+
 def manager_stats(objs: Objects, self_id: str) -> tuple[int, int]:
     """(reachable, unreachable) managers with a ManagerStatus, counting this node as reachable."""
-    reachable = unreachable = 0
-    for n in objs.list("nodes"):
-        ms = n.get("ManagerStatus")
-        if ms is None:
-            continue
-        if n["ID"] == self_id or ms.get("Leader") or ms.get("Reachability") == "reachable":
-            reachable += 1
-        else:
-            unreachable += 1
-    return reachable, unreachable
+    reachable = sum(1 for m in _members(objs) if m.id == self_id or m.reachable)
+    return reachable, len(_members(objs)) - reachable
 
 
 def can_remove(objs: Objects, self_id: str, node_id: str) -> bool:
     """swarmkit's CanRemoveMember: the reachable managers left after removing ``node_id`` are a quorum
     of the members left."""
-    members = [n for n in objs.list("nodes") if n.get("ManagerStatus") is not None]
-    left = [n for n in members if n["ID"] != node_id]
-    reachable = sum(1 for n in left if n["ID"] == self_id or n["ManagerStatus"].get("Leader")
-                    or n["ManagerStatus"].get("Reachability") == "reachable")
+    left = [m for m in _members(objs) if m.id != node_id]
+    reachable = sum(1 for m in left if m.id == self_id or m.reachable)
     return reachable >= len(left) // 2 + 1
 
 
 def check_demote(objs: Objects, self_id: str, node: dict) -> None:
     """Refuse a demotion that would leave no manager or break quorum (swarmkit's messages)."""
-    managers = [n for n in objs.list("nodes") if n["Spec"].get("Role") == "manager"]
-    if len(managers) <= 1 and node["Spec"].get("Role") == "manager":
+    view = NodeView(node)
+    managers = [v for v in map(NodeView, objs.list("nodes")) if v.role == "manager"]
+    if len(managers) <= 1 and view.role == "manager":
         raise FailedPrecondition("attempting to demote the last manager of the swarm")
-    if node.get("ManagerStatus") is not None and not can_remove(objs, self_id, node["ID"]):
+    if view.manager_status is not None and not can_remove(objs, self_id, view.id):
         raise FailedPrecondition(LOSS_OF_QUORUM)
+
+
+def _demoting(objs: Objects) -> list[NodeView]:
+    """Nodes whose desired role is worker and which are still etcd members."""
+    return [m for m in _members(objs) if m.role == "worker"]
 
 
 class RoleManager(Controller):
@@ -70,16 +72,14 @@ class RoleManager(Controller):
         self.remove_member = remove_member
 
     async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
-        for node in self.objs.list("nodes"):
-            if node["Spec"].get("Role") != "worker" or node.get("ManagerStatus") is None:
-                continue
-            if node["ID"] == self.self_id:
+        for node in _demoting(self.objs):
+            if node.id == self.self_id:
                 continue  # the next leader does it
-            if not can_remove(self.objs, self.self_id, node["ID"]):
-                log.info("roles: not demoting %s yet: removing its member would lose quorum", node["ID"])
+            if not can_remove(self.objs, self.self_id, node.id):
+                log.info("roles: not demoting %s yet: removing its member would lose quorum", node.id)
                 continue
-            await self.remove_member(node["ID"])
-            log.info("roles: %s is no longer a manager", node["ID"])
+            await self.remove_member(node.id)
+            log.info("roles: %s is no longer a manager", node.id)
 
             def drop(n: dict) -> bool:
                 if n.get("ManagerStatus") is None:
@@ -89,10 +89,8 @@ class RoleManager(Controller):
                 return True
 
             with contextlib.suppress(Exception):
-                await self.objs.modify("nodes", node["ID"], drop)
+                await self.objs.modify("nodes", node.id, drop)
 
     def next_timer(self) -> float | None:
         # a demotion waiting for quorum is retried as reachability changes (a nodes change) or on a timer
-        pending = any(n["Spec"].get("Role") == "worker" and n.get("ManagerStatus") is not None
-                      for n in self.objs.list("nodes"))
-        return 2.0 if pending else None
+        return 2.0 if _demoting(self.objs) else None

@@ -37,6 +37,7 @@ from shoal.model.cluster import default_cluster_spec, init_overrides, merge_spec
 from shoal.model.errors import NOT_A_MANAGER, WORKER_NOT_MANAGER, APIError, BadRequest, Conflict, Unavailable
 from shoal.model.ids import new_id, now
 from shoal.model.logs import LogLine, LogQuery
+from shoal.model.views import NodeView
 from shoal.node.describe import describe
 from shoal.node.keylock import LEAVE_LOCKED, LOCKED, NOT_LOCKED, KeyLock
 from shoal.node.state import NodeState
@@ -92,7 +93,7 @@ class Node:
         self.events = SwarmEvents()  # for `docker events` (managers); the history outlives role changes
         self.agent: Agent | None = None
         self.manager: Manager | None = None  # while this node is a manager
-        self.api_handler: ApiHandler | None = None  # the Engine API, for writes other managers forward here
+        self._api_handler: ApiHandler | None = None  # the Engine API, for writes other managers forward here
         self._server: ClusterServer | None = None
         self._lock = asyncio.Lock()  # one membership change at a time
         self._tasks: list[asyncio.Task] = []
@@ -196,9 +197,12 @@ class Node:
         cfg = ManagerConfig(node_id=self.node_id, addr=self.state.addr, cluster_addr=self.state.cluster_addr,
                             data_dir=self.cfg.data_dir, etcd_client_port=self.cfg.etcd_client_port,
                             etcd_peer_port=self.cfg.etcd_peer_port, etcd_cluster=self.state.etcd_cluster)
-        manager = Manager(cfg, self.tls, self.client, self.events, self.local_logs, self._follow_cluster)
-        manager.api_handler = self.api_handler
-        return manager
+        return Manager(cfg, self.tls, self.client, self.events, self.local_logs, self._follow_cluster,
+                       self._api_handler)
+
+    def serve_forwarded(self, handler: ApiHandler) -> None:
+        """The Engine API that answers writes other managers forward to this one (set before :meth:`start`)."""
+        self._api_handler = handler
 
     # -- roles -----------------------------------------------------------------------------------------
     async def _start_roles(self) -> None:
@@ -490,10 +494,9 @@ class Node:
         }
         manager = self.manager
         if manager is not None and manager.objs is not None:
-            nodes = manager.objs.list("nodes")
-            managers = [n for n in nodes if n["Spec"].get("Role") == "manager"]
-            out["RemoteManagers"] = [{"NodeID": n["ID"], "Addr": (n.get("ManagerStatus") or {}).get("Addr", "")}
-                                     for n in managers]
+            nodes = [NodeView(n) for n in manager.objs.list("nodes")]
+            managers = [n for n in nodes if n.role == "manager"]
+            out["RemoteManagers"] = [{"NodeID": n.id, "Addr": n.manager_addr} for n in managers]
             out["Nodes"], out["Managers"] = len(nodes), len(managers)
             out["Cluster"] = manager.control.cluster(with_tokens=False)
         return out

@@ -66,7 +66,7 @@ def normalise_networks(objs: Objects, spec: dict) -> None:
         if not isinstance(n, dict) or not n.get("Target"):
             raise InvalidArgument("NetworkAttachmentConfig: network target must be provided")
         net = find_network(objs, n["Target"])
-        if net["Spec"].get("Ingress"):
+        if NetworkView(net).ingress:
             raise InvalidArgument("Service cannot be explicitly attached to the ingress network "
                                   f"\"{net['Spec']['Name']}\"")
         if net["ID"] in seen:
@@ -79,7 +79,7 @@ def normalise_networks(objs: Objects, spec: dict) -> None:
 
 
 def ingress_of(objs: Objects) -> dict | None:
-    return next((n for n in objs.list("networks") if n["Spec"].get("Ingress")), None)
+    return next((n for n in objs.list("networks") if NetworkView(n).ingress), None)
 
 
 def service_network_ids(objs: Objects, spec: dict) -> list[str]:

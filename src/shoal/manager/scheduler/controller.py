@@ -7,11 +7,13 @@ from shoal.manager.controller import Controller, commit_all
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.model import states
 from shoal.model.ids import now
+from shoal.model.views import TaskView
 from shoal.store.objects import Change, Objects
 
 
 def _schedulable(t: dict) -> bool:
-    return t["Status"]["State"] == states.PENDING and not states.before(states.RUNNING, t["DesiredState"])
+    view = TaskView(t)
+    return view.state == states.PENDING and not states.before(states.RUNNING, view.desired)
 
 
 class SchedulerController(Controller):
@@ -57,7 +59,7 @@ class SchedulerController(Controller):
         for tid in self.pending:
             t = tasks.get(tid)
             if t is not None:
-                batch.append({**t, "ServiceLabels": (t.get("ServiceAnnotations") or {}).get("Labels") or {}})
+                batch.append({**t, "ServiceLabels": TaskView(t).service_labels})
         assigned, failed = self.sched.schedule(batch)
         out: list[Change] = []
         ts = now()
@@ -71,7 +73,7 @@ class SchedulerController(Controller):
             out.append(Change("tasks", t))
         for tid, err in failed.items():
             t = tasks[tid]
-            if t["Status"].get("Err") != err:
+            if TaskView(t).status.get("Err") != err:
                 out.append(Change("tasks", {**t, "Status": {**t["Status"], "Err": err, "Timestamp": ts}}))
         self.pending.difference_update(assigned)
         try:
