@@ -200,6 +200,15 @@ class Node:
         return Manager(cfg, self.tls, self.client, self.events, self.local_logs, self._follow_cluster,
                        self._api_handler)
 
+    async def _join_store(self, ca_key: str, etcd_cluster: str) -> None:
+        """Become a manager of an existing swarm: the CA key, and an etcd member joining the others."""
+        self.tls.write_ca_key(ca_key.encode())
+        self.state.etcd_cluster = etcd_cluster
+        shutil.rmtree(self.cfg.data_dir / "etcd", ignore_errors=True)
+        manager = self._new_manager()
+        await manager.start_store(new=False)
+        self.manager = manager
+
     def serve_forwarded(self, handler: ApiHandler) -> None:
         """The Engine API that answers writes other managers forward to this one (set before :meth:`start`)."""
         self._api_handler = handler
@@ -340,12 +349,7 @@ class Node:
             self.state.node_id, self.state.role = answer.node_id, answer.role
             self.state.managers = answer.managers or [remote]
             if self.role == "manager":
-                self.tls.write_ca_key(answer.ca_key.encode())
-                self.state.etcd_cluster = answer.etcd_cluster
-                shutil.rmtree(self.cfg.data_dir / "etcd", ignore_errors=True)
-                manager = self._new_manager()
-                await manager.start_store(new=False)
-                self.manager = manager
+                await self._join_store(answer.ca_key, answer.etcd_cluster)
             self._save()
             await self._start_roles()
             self.status = "active"
@@ -440,12 +444,7 @@ class Node:
                     self.state.role = role
                     self.state.managers = answer.managers or self.state.managers
                     if role == "manager":
-                        self.tls.write_ca_key(answer.ca_key.encode())
-                        self.state.etcd_cluster = answer.etcd_cluster
-                        shutil.rmtree(self.cfg.data_dir / "etcd", ignore_errors=True)
-                        manager = self._new_manager()
-                        await manager.start_store(new=False)
-                        self.manager = manager
+                        await self._join_store(answer.ca_key, answer.etcd_cluster)
                     else:
                         self.state.etcd_cluster = ""
                     self._save()

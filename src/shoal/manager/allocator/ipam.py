@@ -39,23 +39,27 @@ def check_overlap(subnet: str, taken: Iterable[tuple[str, str]]) -> None:
 
 
 class UndoLog:
-    """Changes to dicts, recorded while a transaction is open so they can be rolled back."""
+    """Changes to dicts and attributes, recorded while a transaction is open so they can be rolled back."""
 
     def __init__(self) -> None:
-        self._entries: list[tuple[dict, Any, Any]] | None = None
+        self._entries: list[tuple[Any, Any, Any]] | None = None  # (dict or object, key or attribute, old)
 
     def set(self, d: dict, key: Any, value: Any) -> None:
-        self._record(d, key)
+        self._record(d, key, d.get(key, _ABSENT))
         d[key] = value
 
     def delete(self, d: dict, key: Any) -> None:
         if key in d:
-            self._record(d, key)
+            self._record(d, key, d[key])
             del d[key]
 
-    def _record(self, d: dict, key: Any) -> None:
+    def set_attr(self, obj: object, name: str, value: Any) -> None:
+        self._record(obj, name, getattr(obj, name))
+        setattr(obj, name, value)
+
+    def _record(self, target: Any, key: Any, old: Any) -> None:
         if self._entries is not None:
-            self._entries.append((d, key, d.get(key, _ABSENT)))
+            self._entries.append((target, key, old))
 
     def begin(self) -> None:
         if self._entries is not None:
@@ -67,15 +71,18 @@ class UndoLog:
 
     def rollback(self) -> None:
         entries, self._entries = self._entries or [], None
-        for d, key, old in reversed(entries):
-            if old is _ABSENT:
-                d.pop(key, None)
+        for target, key, old in reversed(entries):
+            if not isinstance(target, dict):
+                setattr(target, key, old)
+            elif old is _ABSENT:
+                target.pop(key, None)
             else:
-                d[key] = old
+                target[key] = old
 
 
 class Subnet:
-    """Addresses of one network: the gateway is reserved, the rest handed out lowest first."""
+    """Addresses of one network: the gateway is reserved, the rest handed out in turn (after the last one
+    given, wrapping around), so an address just freed is not given again at once."""
 
     def __init__(self, subnet: str, gateway: str = "", undo: UndoLog | None = None) -> None:
         self.net = ipaddress.ip_network(subnet)
@@ -102,7 +109,7 @@ class Subnet:
             if cand == self.gateway or cand in self.owner:
                 continue
             self.undo.set(self.owner, cand, owner)
-            self._next = int(cand) + 1
+            self.undo.set_attr(self, "_next", int(cand) + 1)
             return self.cidr(cand)
         raise InvalidArgument(f"no available IP addresses on network subnet {self.net}")
 
