@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,7 +41,7 @@ from shoal.cluster.messages import (
     decode,
     encode,
 )
-from shoal.model.errors import APIError
+from shoal.model.errors import APIError, StoreError
 from shoal.model.logs import LogLine, LogQuery
 from shoal.tls import peer_identity
 
@@ -93,7 +93,7 @@ class NodeEndpoints(Protocol):
     @property
     def node_id(self) -> str: ...
 
-    def local_logs(self, query: LogQuery) -> AsyncIterator[LogLine]: ...
+    def local_logs(self, query: LogQuery) -> AsyncGenerator[LogLine, None]: ...
 
 
 class ManagerEndpoints(Protocol):
@@ -160,6 +160,8 @@ def _handles(fn: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[..., 
             return _error(e.message, e.status)
         except ProtocolError as e:
             return _error(f"invalid request: {e}", 400)
+        except StoreError as e:
+            return _error(f"rpc error: code = Unavailable desc = the cluster store is unavailable: {e}", 503)
 
     return run
 
@@ -219,7 +221,7 @@ class ClusterServer:
                 await resp.write((line.to_json() + "\n").encode())
         finally:
             with contextlib.suppress(Exception):
-                await lines.aclose()  # type: ignore[attr-defined]
+                await lines.aclose()
         await resp.write_eof()
         return resp
 
