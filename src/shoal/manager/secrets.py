@@ -14,11 +14,9 @@ The dispatcher hands a node the secrets and configs of the tasks assigned to it 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import os
-import weakref
 from collections.abc import Iterable
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -145,16 +143,3 @@ def users_of(objs: Objects, kind: str, oid: str) -> list[str]:
     one = kind[:-1].title()
     return [svc["Spec"]["Name"] for svc in objs.list("services")
             if any(ref.get(f"{one}ID") == oid for ref in references(svc["Spec"], kind))]  # type: ignore[arg-type]
-
-
-_ref_locks: weakref.WeakKeyDictionary[Objects, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def refs_lock(objs: Objects) -> asyncio.Lock:
-    """Serialises, on the leader (every API write runs there), a service write's reference checks with its
-    commit and a secret or config removal's in-use check with its delete: what swarmkit does in one raft
-    transaction."""
-    lock = _ref_locks.get(objs)
-    if lock is None:
-        lock = _ref_locks[objs] = asyncio.Lock()
-    return lock

@@ -115,10 +115,6 @@ class TaskView(View):
         return _d(self.raw.get("Endpoint"))
 
     @property
-    def service_name(self) -> str:
-        return _d(self.raw.get("ServiceAnnotations")).get("Name", "")
-
-    @property
     def service_labels(self) -> dict[str, str]:
         return _d(_d(self.raw.get("ServiceAnnotations")).get("Labels"))
 
@@ -172,15 +168,6 @@ class ServiceView(View):
         return self.raw.get("PreviousSpec")
 
     @property
-    def endpoint_spec(self) -> dict:
-        """The spec's EndpointSpec (``{"Mode": "vip"}`` when it has none)."""
-        return _d(self.spec.get("EndpointSpec")) or {"Mode": "vip"}
-
-    @property
-    def endpoint_mode(self) -> str:
-        return self.endpoint_spec.get("Mode") or "vip"
-
-    @property
     def endpoint(self) -> dict:
         return _d(self.raw.get("Endpoint"))
 
@@ -197,11 +184,6 @@ class ServiceView(View):
     def network_configs(self) -> list[dict]:
         """The network attachment configs (``TaskTemplate.Networks``, or the legacy ``Spec.Networks``)."""
         return list(self.task_template.get("Networks") or self.spec.get("Networks") or [])
-
-    @property
-    def ingress_ports(self) -> list[dict]:
-        """The spec's ports published through the routing mesh."""
-        return ingress_ports(self.spec)
 
 
 def ingress_ports(spec: dict) -> list[dict]:
