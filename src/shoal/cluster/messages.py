@@ -20,9 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import orjson
 
-from shoal.model.logs import LogLine, LogQuery
-
-__all__ = ["LogLine", "LogQuery"]
+from shoal.model.logs import LogQuery
 
 
 class ProtocolError(ValueError):
@@ -290,7 +288,7 @@ class DetachAnswer(Message):
 @dataclass
 class LogsRequest(Message):
     """``GET /logs`` (from a manager, to any node): the lines of this node's containers of a service or a
-    task, as JSON lines (:class:`LogLine`); sent as query parameters."""
+    task, as JSON lines (:class:`shoal.model.logs.LogLine`); sent as query parameters."""
 
     TYPE: ClassVar[str] = "logs"
     node: str
