@@ -32,10 +32,38 @@ def check_task_fields(tt: dict) -> None:
     for n in tt.get("Networks") or []:
         if isinstance(n, dict):
             _string_map(n.get("DriverOpts"), "NetworkAttachmentConfig.TaskSpec.Networks.DriverOpts")
+    check_templates(cs)
+
+
+def check_templates(cs: dict) -> None:
+    """Expand the templated fields for swarmkit's placeholder task: a template that cannot expand is a 400."""
+    if not isinstance(cs.get("Hostname", ""), str):
+        raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.TaskTemplate.ContainerSpec"
+                         ".Hostname of type string")
+    for m in cs.get("Mounts") or []:
+        vo = m.get("VolumeOptions") or {}
+        if not isinstance(m.get("Source", ""), str) or not isinstance(vo, dict):
+            raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.TaskTemplate.ContainerSpec"
+                             ".Mounts of type mount.Mount")
+        _string_map(vo.get("Labels"), "VolumeOptions.TaskTemplate.ContainerSpec.Mounts.VolumeOptions.Labels")
+        driver = vo.get("DriverConfig") or {}
+        if not isinstance(driver, dict):
+            raise BadRequest("json: cannot unmarshal into Go struct field VolumeOptions.TaskTemplate.ContainerSpec"
+                             ".Mounts.VolumeOptions.DriverConfig of type mount.Driver")
+        _string_map(driver.get("Options"), "Driver.TaskTemplate.ContainerSpec.Mounts.VolumeOptions.DriverConfig"
+                                           ".Options")
     try:
         check_container_spec(cs)
     except TemplateError as e:
         raise InvalidArgument(str(e)) from None
+
+
+def _object(value: Any, go_field: str, go_type: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"json: cannot unmarshal into Go struct field {go_field} of type {go_type}")
+    return value
 
 
 def _string_map(value: Any, go_field: str) -> None:
@@ -49,23 +77,28 @@ def check_privileges(priv: Any) -> None:
     if not isinstance(priv, dict):
         raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.TaskTemplate.ContainerSpec"
                          ".Privileges of type swarm.Privileges")
+    where = "Privileges.TaskTemplate.ContainerSpec.Privileges"
     if priv.get("AppArmor") is not None:
         raise InvalidArgument("Privileges.AppArmor cannot be honoured: the kernel of shoal's nodes has no "
                               "AppArmor; remove the AppArmor setting")
-    selinux = priv.get("SELinuxContext") or {}
+    selinux = _object(priv.get("SELinuxContext"), f"{where}.SELinuxContext", "swarm.SELinuxContext")
     if any(selinux.get(k) for k in ("Disable", "User", "Role", "Type", "Level")):
         raise InvalidArgument("Privileges.SELinuxContext cannot be honoured: SELinux is not enabled on shoal's "
                               "nodes; remove the SELinux labels")
-    cred = priv.get("CredentialSpec") or {}
+    cred = _object(priv.get("CredentialSpec"), f"{where}.CredentialSpec", "swarm.CredentialSpec")
     if any(cred.get(k) for k in ("File", "Registry", "Config")):
         raise InvalidArgument("Privileges.CredentialSpec cannot be honoured: credential specs are for Windows "
                               "containers (gMSA) and shoal's nodes run Linux")
-    seccomp = priv.get("Seccomp")
-    if seccomp is not None:
+    if not isinstance(priv.get("NoNewPrivileges", False), bool):
+        raise BadRequest(f"json: cannot unmarshal into Go struct field {where}.NoNewPrivileges of type bool")
+    if priv.get("Seccomp") is not None:
+        seccomp = _object(priv["Seccomp"], f"{where}.Seccomp", "swarm.SeccompOpts")
         mode = seccomp.get("Mode") or ""
+        profile = seccomp.get("Profile") or ""
+        if not isinstance(mode, str) or not isinstance(profile, str):
+            raise BadRequest(f"json: cannot unmarshal into Go struct field {where}.Seccomp of type string")
         if mode not in SECCOMP_MODES:
             raise InvalidArgument(f"Privileges.Seccomp: unrecognized mode {mode!r} (default, unconfined or custom)")
-        profile = seccomp.get("Profile") or ""
         if mode == "custom":
             if not profile:
                 raise InvalidArgument("Privileges.Seccomp: mode custom needs a Profile")
@@ -110,10 +143,12 @@ def check_generic_reservations(resources: Any) -> None:
                              ".Reservations.GenericResources of type swarm.GenericResource")
         named = item.get("NamedResourceSpec")
         if named:
+            named = named if isinstance(named, dict) else {}
             raise InvalidArgument(f"invalid generic-resource request {named.get('Kind', '')}="
                                   f"{named.get('Value', '')}: Named Generic Resources is not supported for "
                                   "service create or update")
-        disc = item.get("DiscreteResourceSpec") or {}
+        disc = _object(item.get("DiscreteResourceSpec"), "GenericResource.DiscreteResourceSpec",
+                       "swarm.DiscreteGenericResource")
         kind, value = disc.get("Kind"), disc.get("Value", 0)
         if not isinstance(kind, str) or not kind:
             raise InvalidArgument("generic resource: a Kind must be given")
