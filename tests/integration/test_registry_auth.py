@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,19 +18,13 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import DOCKER_V28, running_containers, wait_for
+from conftest import DOCKER_V28, free_port, ps_rows, running_containers, wait_for
 
 pytestmark = pytest.mark.integration
 
 BUSYBOX = "shoal/demo-busybox:latest"
 LOOP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 USER = "shoaltester"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,7 @@ def test_with_registry_auth_the_node_pulls_with_the_clients_credentials(shoald, 
         # without credentials (no --with-registry-auth): the node's pull fails, the task is rejected
         cp = cli(shoald, anonymous, "service", "create", "-d", "--name", "nocreds", ref, *LOOP)
         assert f"image {ref} could not be accessed on a registry to record" in cp.stderr
-        rows = wait_for(lambda: [r for r in ps(shoald, "nocreds") if r["Error"]] or None, 60,
+        rows = wait_for(lambda: [r for r in ps_rows(shoald, "nocreds") if r["Error"]] or None, 60,
                         what="the task rejected")
         assert {(r["CurrentState"].split()[0], r["Error"]) for r in rows} == {("Rejected", f"No such image: {ref}")}
         assert not running_containers(docker_engine, "nocreds")
@@ -115,7 +108,7 @@ def test_with_registry_auth_the_node_pulls_with_the_clients_credentials(shoald, 
         assert "RegistryAuth" not in inspect
     finally:
         shoald.docker("service", "rm", "nocreds", "withcreds", check=False)
-        wait_for(lambda: not docker_engine.containers.list(
+        wait_for(lambda: not docker_engine.api.containers(
             all=True, filters={"label": "com.docker.swarm.service.name=withcreds"}), 30, what="containers removed")
         for image in docker_engine.images.list(name=f"{addr}/shoal/private"):
             for name in image.tags + image.attrs.get("RepoDigests", []):
@@ -125,7 +118,3 @@ def test_with_registry_auth_the_node_pulls_with_the_clients_credentials(shoald, 
                     except docker.errors.APIError:
                         pass
 
-
-def ps(shoald, service: str) -> list[dict]:
-    out = shoald.docker("service", "ps", "--no-trunc", "--format", "{{json .}}", service).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -5,12 +5,11 @@ a 400 that leaves nothing behind (``how="refused"``). Templates are expanded as 
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 
 import docker
 import pytest
-from conftest import DOCKER_V20, DOCKER_V28, running_containers, wait_for
+from conftest import DOCKER_V20, DOCKER_V28, free_port, ps_rows, running_containers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +34,7 @@ def remove(shoald, engine: docker.DockerClient, *services: str) -> None:
     shoald.docker("service", "rm", *services, check=False)
     for s in services:
         label = f"com.docker.swarm.service.name={s}"
-        wait_for(lambda label=label: not engine.containers.list(all=True, filters={"label": label}), 30,
+        wait_for(lambda label=label: not engine.api.containers(all=True, filters={"label": label}), 30,
                  what=f"the containers of {s} removed")
 
 
@@ -48,17 +47,6 @@ def create_by_api(shoald, name: str, container_spec: dict, **task_template: obje
                                            **task_template}}
     status, _, body = shoald.request("POST", "/services/create", spec)
     return status, body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ps_rows(shoald, service: str) -> list[dict]:
-    out = shoald.docker("service", "ps", "--no-trunc", "--format", "{{json .}}", service).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 # -- templates ------------------------------------------------------------------------------------------------
