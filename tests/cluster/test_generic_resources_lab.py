@@ -50,7 +50,7 @@ def running(lab: Lab, service: str, n: int) -> list[dict]:
 def task_env(lab: Lab, task: dict, name: str) -> str:
     host = lab.docker("manager", "node", "inspect", "--format", "{{.Description.Hostname}}", task["NodeID"]).stdout
     cid = task["Status"]["ContainerStatus"]["ContainerID"]
-    return lab.engine_docker(host.strip(), "exec", cid, "printenv", name).stdout.strip()
+    return lab.engine_docker(host.strip(), "exec", cid, "sh", "-c", f'echo "${name}"').stdout.strip()
 
 
 @pytest.mark.field("ResourceObject.GenericResources", how="honoured")
