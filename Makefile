@@ -13,6 +13,9 @@ images: install
 lint: install
 	$(VENV)/ruff check src tests benchmarks
 	$(VENV)/lint-imports --no-cache  # the layers in pyproject.toml ([tool.importlinter])
+	@# pytest collects all of tests/ at once: two test modules may not share a name
+	@dups=$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d); \
+		[ -z "$$dups" ] || { echo "test modules with the same name: $$dups"; exit 1; }
 
 # the fuzzing plugins are for the integration tests: not loaded here
 unit:
