@@ -168,6 +168,8 @@ class ControlAPI:
             ts = now()
             svc = {"ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
                    "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}}
+            if mode_of(spec).endswith("-job"):
+                svc["JobStatus"] = {"JobIteration": {"Index": 0}, "LastExecution": ts}
             await self._allocator().create_service(svc)
         return svc["ID"]
 
@@ -185,10 +187,14 @@ class ControlAPI:
             new["Spec"] = spec
             new["UpdatedAt"] = now()
             new["Endpoint"] = {**(service.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
-            if spec.get("TaskTemplate") != service["Spec"].get("TaskTemplate"):
-                state, message = ("rollback_started", "manually requested rollback") if rollback else \
-                    ("updating", "update in progress")
-                new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
+            if new.get("JobStatus") is not None:  # every update runs a job again (`--force` to do only that)
+                index = new["JobStatus"]["JobIteration"]["Index"] + 1
+                new["JobStatus"] = {"JobIteration": {"Index": index}, "LastExecution": now()}
+            # as swarmkit: the updater sets "updating" once it finds tasks to replace
+            new.pop("UpdateStatus", None)
+            if rollback:
+                new["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now(),
+                                       "Message": "manually requested rollback"}
             await self._allocator().update_service(new)
 
     async def remove_service(self, service: dict) -> None:
