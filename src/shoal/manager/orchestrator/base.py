@@ -42,9 +42,10 @@ class ServiceOrchestrator(Controller):
             elif svc.mode in self.modes:
                 out += self.service(svc, tasks_of(self.objs, sid))
         out += self.sweep(changes, services)
+        rewrites = self.updater.take_rewrites()  # made again at the next pass if this one fails
         await commit_all(self.objs, out)
         if self.updater.write_service is not None:
-            for svc_raw in self.updater.take_rewrites():
+            for svc_raw in rewrites:
                 await self.updater.write_service(svc_raw)
 
     def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
