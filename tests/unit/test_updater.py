@@ -36,10 +36,16 @@ class Sim:
         self.exits: dict[str, int] = {}  # task id -> exit code to end with at the next step
         self.healthy: set[str] = set()  # slow/... tasks allowed to become healthy
         self.job_runs: dict[str, int] = {}  # a job task's steps spent running before it exits 0
-        self.orchestrators = [ReplicatedOrchestrator(self.objs, clock=self.clock),
+        self.rewritten: list[str] = []  # services the updater stored through write_service (rollbacks)
+        self.orchestrators = [ReplicatedOrchestrator(self.objs, self._write_service, clock=self.clock),
                               GlobalOrchestrator(self.objs, clock=self.clock),
                               JobOrchestrator(self.objs, clock=self.clock)]
         self._rr = itertools.count()
+
+    async def _write_service(self, svc: dict) -> None:
+        """What the allocator's update_service does once the endpoint is allocated."""
+        self.rewritten.append(svc["ID"])
+        await self.objs.update("services", svc)
 
     async def start(self, nodes: int = 3) -> None:
         await self.objs.start()
@@ -210,6 +216,7 @@ async def test_failure_action_rollback_brings_every_slot_back_to_the_previous_sp
         assert sim.clock.t < 60, sim.dump()
         await sim.step()
     assert states_seen == ["", "updating", "rollback_started"]
+    assert sim.rewritten == [sid]  # through the allocator
     assert sim.status(sid)[1] == "rollback completed"
     assert len(sim.running(sid, GOOD)) == 3 and not sim.running(sid, BAD)
     svc = sim.svc(sid)
