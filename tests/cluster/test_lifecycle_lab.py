@@ -66,7 +66,8 @@ class Side:
 
     def running(self, service: str) -> str:
         """How many tasks run, per image."""
-        rows = [r for r in self.ps(service) if r["DesiredState"] == "Running" and r["CurrentState"].startswith("Running")]
+        rows = [r for r in self.ps(service)
+                if r["DesiredState"] == "Running" and r["CurrentState"].startswith("Running")]
         images = sorted({r["Image"].split("@")[0] for r in rows})
         return ", ".join(f"{sum(r['Image'].split('@')[0] == i for r in rows)}× {i}" for i in images) or "none"
 
