@@ -72,8 +72,14 @@ class Side:
         return ", ".join(f"{sum(r['Image'].split('@')[0] == i for r in rows)}× {i}" for i in images) or "none"
 
     def errors(self, service: str) -> str:
-        return "; ".join(sorted({f"{r['CurrentState'].split()[0]} \"{r['Error']}\"" for r in self.ps(service)
+        return "; ".join(sorted({f"{r['CurrentState'].split()[0]} {r['Error']}" for r in self.ps(service)
                                  if r["Error"]}))
+
+    def settle(self, service: str) -> None:
+        """Wait until the tasks that were told to stop have (demo-web takes its stop grace period)."""
+        until(lambda: not [r for r in self.ps(service)
+                           if r["DesiredState"] == "Shutdown" and r["CurrentState"].startswith("Running")],
+              60, f"{service}'s old tasks to stop")
 
     def service(self, name: str, *flags: str, image: str = WEB, replicas: str = "3") -> None:
         self.run("service", "create", "-d", "--name", name, "--replicas", replicas, *flags, image)
@@ -84,7 +90,7 @@ def cli_lines(cp) -> list[str]:
     """What `docker service update` printed that says how it went (the progress lines about the
     rollback and verification, and the error), IDs masked."""
     text = cp.stdout + cp.stderr
-    keep = ("rollback:", "verify:", "Error", "service update paused", "service rollback paused")
+    keep = ("rollback:", "verify: Service", "Error", "service update paused", "service rollback paused")
     return [normal(line) for line in (x.strip() for x in re.split(r"[\r\n]+", text))
             if line.startswith(keep)]
 
@@ -96,8 +102,9 @@ def bad_update(side: Side, name: str, *flags: str) -> dict:
     state = side.status(name)
     if state.startswith(("updating", "rollback_started")):  # the CLI gave up first: wait for the end
         until(lambda: not side.status(name).startswith(("updating", "rollback_started")), 90, "an end state")
+    side.settle(name)
     return {"UpdateStatus": side.status(name), "update exit": str(cp.returncode),
-            "update said": " | ".join(dict.fromkeys(lines)), "ls": side.replicas(name),
+            "update said": " / ".join(dict.fromkeys(lines)), "ls": side.replicas(name),
             "running": side.running(name), "errors": side.errors(name)}
 
 
@@ -113,6 +120,7 @@ def scenario_continue(side: Side) -> dict:
     side.service("bad-continue", "--update-monitor", "2s", "--update-failure-action", "continue")
     side.run("service", "update", "-d", "--image", BAD, "bad-continue")
     until(lambda: side.status("bad-continue").startswith("completed"), 120, "completed")
+    side.settle("bad-continue")
     return {"UpdateStatus": side.status("bad-continue"), "ls": side.replicas("bad-continue"),
             "running": side.running("bad-continue")}
 
@@ -122,6 +130,7 @@ def scenario_start_first(side: Side) -> dict:
     side.service(name, "--update-monitor", "3s", "--update-order", "start-first")
     side.run("service", "update", "-d", "--image", BAD, name)
     until(lambda: side.status(name).startswith("paused"), 120, "paused")
+    side.settle(name)
     return {"UpdateStatus": side.status(name), "ls": side.replicas(name), "running": side.running(name)}
 
 
@@ -132,23 +141,32 @@ def scenario_rollback_config(side: Side) -> dict:
     side.run("service", "update", "--env-add", "V=2", name)
     cp = side.run("service", "rollback", name, check=False)
     return {"UpdateStatus": side.status(name), "rollback exit": str(cp.returncode),
-            "rollback said": " | ".join(dict.fromkeys(cli_lines(cp))), "running": side.running(name)}
+            "rollback said": " / ".join(dict.fromkeys(cli_lines(cp))), "running": side.running(name)}
+
+
+def last_line(cp) -> str:
+    return [x.strip() for x in re.split(r"[\r\n]+", cp.stdout) if x.strip()][-1]
+
+
+def tasks(side: Side, service: str) -> str:
+    """The tasks' states, counted."""
+    states = [r["CurrentState"].split()[0] for r in side.ps(service)]
+    return ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
 
 
 def scenario_replicated_job(side: Side) -> dict:
     cp = side.run("service", "create", "--name", "job", "--mode", "replicated-job", "--replicas", "3",
                   "--max-concurrent", "2", BUSYBOX, "sh", "-c", "echo done", timeout=120)
-    last = [x.strip() for x in re.split(r"[\r\n]+", cp.stdout) if x.strip()][-1]
-    states = sorted(r["CurrentState"].split()[0] for r in side.ps("job"))
-    return {"create said last": last, "ls": side.replicas("job"), "tasks": " ".join(states),
-            "JobIteration": json.dumps(side.inspect("job")["JobStatus"]["JobIteration"])}
+    first = {"create said last": last_line(cp), "ls": side.replicas("job"), "tasks": tasks(side, "job")}
+    cp = side.run("service", "update", "--force", "job", timeout=120)  # runs it again
+    return {**first, "update --force said last": last_line(cp), "ls after": side.replicas("job"),
+            "tasks after": tasks(side, "job"),
+            "JobIteration after": json.dumps(side.inspect("job")["JobStatus"]["JobIteration"])}
 
 
 def scenario_global_job(side: Side) -> dict:
     cp = side.run("service", "create", "--name", "gjob", "--mode", "global-job", BUSYBOX, "true", timeout=120)
-    last = [x.strip() for x in re.split(r"[\r\n]+", cp.stdout) if x.strip()][-1]
-    states = sorted(r["CurrentState"].split()[0] for r in side.ps("gjob"))
-    return {"create said last": last, "ls": side.replicas("gjob"), "tasks": " ".join(states)}
+    return {"create said last": last_line(cp), "ls": side.replicas("gjob"), "tasks": tasks(side, "gjob")}
 
 
 SCENARIOS = {"bad image, failure action pause": scenario_pause,

@@ -60,7 +60,8 @@ def scenario_pause(shoald) -> None:
     assert st["Message"].startswith(prefix) and st["Message"][len(prefix):] in {r["ID"] for r in rejected}, st
     assert cp.returncode == 1 and f"service update paused: {st['Message']}" in cp.stderr, cp
     assert running_images(shoald, "upd-pause") == [WEB] * 2
-    assert replicas(shoald, "upd-pause") == "2/3"
+    # (the old task of the failed slot counts as running until it has stopped, as with Docker)
+    wait_for(lambda: replicas(shoald, "upd-pause") == "2/3", 20, what="2/3")
 
 
 def scenario_rollback(shoald) -> None:
@@ -93,7 +94,7 @@ def scenario_continue(shoald) -> None:
     shoald.docker("service", "update", "-d", "--image", BAD, "upd-cont")
     wait_for(lambda: update_status(shoald, "upd-cont").get("State") == "completed", 60, what="completed")
     assert running_images(shoald, "upd-cont") == []
-    assert replicas(shoald, "upd-cont") == "0/3"
+    wait_for(lambda: replicas(shoald, "upd-cont") == "0/3", 20, what="0/3")
 
 
 def scenario_start_first(shoald) -> None:

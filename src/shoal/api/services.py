@@ -30,8 +30,9 @@ def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status
 
 
 def service_status(objs: Objects, svc: dict) -> dict:
-    """``ServiceStatus`` as swarmkit counts it: a job's counts are of its current iteration's tasks, and
-    a replicated job desires ``MaxConcurrent`` tasks."""
+    """``ServiceStatus`` as swarmkit counts it: tasks that run, whatever their desired state (an old task
+    still stopping counts, as with Docker); a job's counts are of its current iteration's tasks, and a
+    replicated job desires ``MaxConcurrent`` tasks."""
     running = desired = completed = 0
     mode = mode_of(svc["Spec"])
     global_ = mode in ("global", "global-job")
@@ -43,7 +44,7 @@ def service_status(objs: Objects, svc: dict) -> dict:
         if t.get("NodeID") in down:
             continue
         state, goal = t["Status"]["State"], t["DesiredState"]
-        if state == states.RUNNING and states.rank(goal) <= states.rank(states.COMPLETE):
+        if state == states.RUNNING:
             running += 1
         if global_ and (goal == states.RUNNING or (goal == states.COMPLETE and state != states.COMPLETE)):
             desired += 1
