@@ -198,8 +198,15 @@ class ControlAPI:
             await self._allocator().update_service(new)
 
     async def remove_service(self, service: dict) -> None:
-        if not await self.m.objs.delete("services", service):
-            raise OutOfSequence()
+        """Delete whatever version the service has by then (as swarmkit: an orchestrator's write of its
+        UpdateStatus meanwhile does not make the removal fail)."""
+        for _ in range(20):
+            if await self.m.objs.delete("services", service):
+                return
+            service = await self.m.objs.fetch("services", service["ID"])
+            if service is None:
+                return
+        raise OutOfSequence()
 
     # -- nodes ------------------------------------------------------------------------------------
     async def update_node(self, node: dict, version: int, spec: dict) -> None:
