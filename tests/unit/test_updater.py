@@ -1,7 +1,7 @@
 """Rolling updates, rollbacks and jobs on virtual time: the real orchestrators (replicated, global, jobs) on
 a MemoryStore, passes run by hand, and a simulated agent that moves every task one step per pass (an image
 named ``bad/...`` is rejected as Docker's agent does when the pull fails; ``slow/...`` stays ``starting``
-until the test lets it be healthy). The clock only moves when the test moves it."""
+until the test lets it be healthy; ``crash/...`` fails once running). The clock only moves when the test moves it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from test_control_plane import make_cluster, make_node
 
 from shoal.manager.orchestrator.global_ import GlobalOrchestrator
 from shoal.manager.orchestrator.jobs import JobOrchestrator
+from shoal.manager.orchestrator.reaper import TaskReaper
 from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.model import states
 from shoal.model.ids import new_id, now
@@ -40,7 +41,7 @@ class Sim:
         self.rewritten: list[str] = []  # services the updater stored through write_service (rollbacks)
         self.orchestrators = [ReplicatedOrchestrator(self.objs, self._write_service, clock=self.clock),
                               GlobalOrchestrator(self.objs, clock=self.clock),
-                              JobOrchestrator(self.objs, clock=self.clock)]
+                              JobOrchestrator(self.objs, clock=self.clock), TaskReaper(self.objs)]
         self._rr = itertools.count()
 
     async def _write_service(self, svc: dict) -> None:
@@ -144,6 +145,8 @@ class Sim:
             new = states.STARTING if slow else states.RUNNING
         elif state == states.RUNNING:
             code = self.exits.pop(t["ID"], None)
+            if code is None and image.startswith("crash/"):
+                code = 1
             if code is None and desired == states.COMPLETE:
                 self.job_runs[t["ID"]] = self.job_runs.get(t["ID"], 0) + 1
                 code = 0 if self.job_runs[t["ID"]] >= 3 else None
@@ -453,3 +456,14 @@ async def test_global_job_runs_once_on_every_node_and_on_nodes_that_join() -> No
     await sim.until(lambda: sum(t["Status"]["State"] == states.COMPLETE for t in sim.tasks(sid)) == 3, "late node")
     assert sorted(t["NodeID"] for t in sim.tasks(sid)) == sorted(sim.nodes) and late in sim.nodes
     await sim.stop()
+
+
+async def test_a_replicated_jobs_slot_keeps_the_task_history_retention_limit() -> None:
+    sim = await started()
+    sid = await sim.create("crashy", image="crash/job:1", mode={"ReplicatedJob": {}})
+    await sim.run(30)  # a try every restart delay (1 s), on one node after the other
+    tasks = sim.tasks(sid)
+    assert {t["Slot"] for t in tasks} == {0} and len({t["NodeID"] for t in tasks}) == 3
+    assert len(tasks) == 5  # the cluster's TaskHistoryRetentionLimit, for the slot (not per node)
+    await sim.stop()
+
