@@ -125,7 +125,7 @@ class TaskRunner:
                 await self.report(states.PREPARING)
                 self.cid = await self._prepare()
             await self.report(states.READY)
-        if desired != states.RUNNING:
+        if desired not in (states.RUNNING, states.COMPLETE):  # a job's task runs to completion
             return
         info = await self.ex.inspect(self.cid) if self.cid else None
         if info is None:

@@ -30,20 +30,30 @@ def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status
 
 
 def service_status(objs: Objects, svc: dict) -> dict:
+    """``ServiceStatus`` as swarmkit counts it: tasks that run, whatever their desired state (an old task
+    still stopping counts, as with Docker); a job's counts are of its current iteration's tasks, and a
+    replicated job desires ``MaxConcurrent`` tasks."""
     running = desired = completed = 0
+    mode = mode_of(svc["Spec"])
+    global_ = mode in ("global", "global-job")
+    iteration = ((svc.get("JobStatus") or {}).get("JobIteration") or {}).get("Index", 0)
     down = {n["ID"] for n in objs.list("nodes") if n["Status"].get("State") == "down"}
     for t in objs.tasks_of_service(svc["ID"]):
+        if mode.endswith("job") and ((t.get("JobIteration") or {}).get("Index", -1) != iteration):
+            continue
         if t.get("NodeID") in down:
             continue
-        if t["Status"]["State"] == states.RUNNING and states.rank(t["DesiredState"]) <= states.rank(states.RUNNING):
+        state, goal = t["Status"]["State"], t["DesiredState"]
+        if state == states.RUNNING:
             running += 1
-        if t["DesiredState"] == states.RUNNING:
+        if global_ and (goal == states.RUNNING or (goal == states.COMPLETE and state != states.COMPLETE)):
             desired += 1
-        if t["Status"]["State"] == states.COMPLETE:
+        if state == states.COMPLETE:
             completed += 1
-    mode = mode_of(svc["Spec"])
     if mode == "replicated":
         desired = int(svc["Spec"]["Mode"]["Replicated"].get("Replicas", 1))
+    elif mode == "replicated-job":
+        desired = int(svc["Spec"]["Mode"]["ReplicatedJob"].get("MaxConcurrent") or 0)
     result = {"RunningTasks": running, "DesiredTasks": desired}
     if mode.endswith("job"):
         result["CompletedTasks"] = completed

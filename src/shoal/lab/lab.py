@@ -292,6 +292,17 @@ class Lab:
                                    f"{tail(first.shoald_log)}") from None
         self.out(self._swarm_cmd(first, "node", "ls"))
 
+    def docker_swarm(self) -> None:
+        """Docker's own swarm mode from the hosts' dockerds (a lab built with ``swarm=False``), to compare
+        with: ``swarm init`` on the first manager's dockerd, then every other host's joins."""
+        first, *others = self.managers
+        e = self.engine_docker
+        e(first.name, "swarm", "init", "--advertise-addr", first.ip)
+        tokens = {role: e(first.name, "swarm", "join-token", "-q", role).stdout.strip()
+                  for role in ("manager", "worker")}
+        for h in others + self.workers:
+            e(h.name, "swarm", "join", "--token", tokens[h.role], "--advertise-addr", h.ip, f"{first.ip}:2377")
+
     # -- down -------------------------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Remove the lab (see :func:`down`)."""

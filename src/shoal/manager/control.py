@@ -170,6 +170,8 @@ class ControlAPI:
                    "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}}
             if registry_auth:
                 svc[SEALED_AUTH] = seal_registry_auth(self._sealer(), svc["ID"], registry_auth)
+            if mode_of(spec).endswith("-job"):
+                svc["JobStatus"] = {"JobIteration": {"Index": 0}, "LastExecution": ts}
             await self._allocator().create_service(svc)
         return svc["ID"]
 
@@ -201,15 +203,26 @@ class ControlAPI:
                     new.pop(key, None)
             new["UpdatedAt"] = now()
             new["Endpoint"] = {**(service.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
-            if spec.get("TaskTemplate") != service["Spec"].get("TaskTemplate"):
-                state, message = ("rollback_started", "manually requested rollback") if rollback else \
-                    ("updating", "update in progress")
-                new["UpdateStatus"] = {"State": state, "StartedAt": now(), "Message": message}
+            if new.get("JobStatus") is not None:  # every update runs a job again (`--force` to do only that)
+                index = new["JobStatus"]["JobIteration"]["Index"] + 1
+                new["JobStatus"] = {"JobIteration": {"Index": index}, "LastExecution": now()}
+            # as swarmkit: the updater sets "updating" once it finds tasks to replace
+            new.pop("UpdateStatus", None)
+            if rollback:
+                new["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now(),
+                                       "Message": "manually requested rollback"}
             await self._allocator().update_service(new)
 
     async def remove_service(self, service: dict) -> None:
-        if not await self.m.objs.delete("services", service):
-            raise OutOfSequence()
+        """Delete whatever version the service has by then (as swarmkit: an orchestrator's write of its
+        UpdateStatus meanwhile does not make the removal fail)."""
+        for _ in range(20):
+            if await self.m.objs.delete("services", service):
+                return
+            service = await self.m.objs.fetch("services", service["ID"])
+            if service is None:
+                return
+        raise OutOfSequence()
 
     # -- nodes ------------------------------------------------------------------------------------
     async def update_node(self, node: dict, version: int, spec: dict) -> None:

@@ -75,7 +75,7 @@ ApiHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def store_controllers(objs: Objects, allocator: Allocator) -> list[Controller]:
     """The leader's controllers that talk only through the store, in the order they start (the control
     plane's unit tests run this same list)."""
-    return [*orchestrators(objs), allocator, SchedulerController(objs)]
+    return [*orchestrators(objs, allocator.update_service), allocator, SchedulerController(objs)]
 
 
 @dataclass

@@ -90,7 +90,7 @@ def reveal(sealer: Sealer | None, kind: str, obj: dict) -> bytes:
 def needs_files(task: dict) -> bool:
     """Whether a node still needs a task's secrets and configs (the task may yet run)."""
     return not states.terminal(task["Status"]["State"]) and \
-        states.rank(task.get("DesiredState", states.RUNNING)) <= states.rank(states.RUNNING)
+        states.rank(task.get("DesiredState", states.RUNNING)) <= states.rank(states.COMPLETE)
 
 
 def needed(tasks: Iterable[dict]) -> dict[str, set[str]]:

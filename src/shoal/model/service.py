@@ -85,6 +85,10 @@ def validate_spec(spec: Any) -> dict:
             raise BadRequest("json: cannot unmarshal into Go struct field ServiceMode.Mode.Replicated")
         _uint_field(rep.get("Replicas"), "ReplicatedService.Mode.Replicated.Replicas")
         spec["Mode"] = {"Replicated": {"Replicas": 1 if rep.get("Replicas") is None else rep["Replicas"]}}
+    elif mode.get("ReplicatedJob") is not None:
+        spec["Mode"]["ReplicatedJob"] = _replicated_job(mode["ReplicatedJob"])
+    if mode_of(spec).endswith("-job") and spec.get("UpdateConfig") is not None:
+        raise InvalidArgument("Jobs may not have an update config")
 
     tt = spec.get("TaskTemplate")
     if not isinstance(tt, dict):
@@ -101,6 +105,8 @@ def validate_spec(spec: Any) -> dict:
             raise InvalidArgument("TaskSpec: update-delay cannot be negative")
         if (cfg.get("Monitor") or 0) < 0:
             raise InvalidArgument("TaskSpec: update-monitor cannot be negative")
+        if not 0 <= (cfg.get("MaxFailureRatio") or 0) <= 1:
+            raise InvalidArgument("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1")
         if cfg.get("FailureAction") not in (None, "", "pause", "continue", "rollback"):
             raise InvalidArgument(f"UpdateConfig: unrecognized failure action {cfg['FailureAction']!r}")
         if cfg.get("Order") not in (None, "", "stop-first", "start-first"):
@@ -108,6 +114,18 @@ def validate_spec(spec: Any) -> dict:
     _validate_endpoint(spec.get("EndpointSpec"))
     docker_form(spec)
     return spec
+
+
+def _replicated_job(job: Any) -> dict:
+    """A ReplicatedJob as Docker's daemon stores it: MaxConcurrent defaults to 1, TotalCompletions to
+    MaxConcurrent."""
+    if not isinstance(job, dict):
+        raise BadRequest("json: cannot unmarshal into Go struct field ServiceMode.Mode.ReplicatedJob")
+    _uint_field(job.get("MaxConcurrent"), "ReplicatedJob.Mode.ReplicatedJob.MaxConcurrent")
+    _uint_field(job.get("TotalCompletions"), "ReplicatedJob.Mode.ReplicatedJob.TotalCompletions")
+    concurrent = 1 if job.get("MaxConcurrent") is None else job["MaxConcurrent"]
+    total = concurrent if job.get("TotalCompletions") is None else job["TotalCompletions"]
+    return {"MaxConcurrent": concurrent, "TotalCompletions": total}
 
 
 def docker_form(spec: dict) -> None:

@@ -77,8 +77,19 @@ class TaskView(View):
 
     @property
     def runnable(self) -> bool:
-        """Desired to run (or to become ready to run)."""
-        return states.rank(self.desired) <= states.rank(states.RUNNING)
+        """Desired to run (or to become ready to run, or, a job's task, to run to completion)."""
+        return states.rank(self.desired) <= states.rank(states.COMPLETE)
+
+    @property
+    def job_iteration(self) -> int | None:
+        """The run of its job the task belongs to (None: not a job's task)."""
+        it = self.raw.get("JobIteration")
+        return None if it is None else int(_d(it).get("Index") or 0)
+
+    @property
+    def done(self) -> bool:
+        """A job's task that completed, as it was meant to."""
+        return self.state == states.COMPLETE and self.desired == states.COMPLETE
 
     @property
     def live(self) -> bool:
@@ -162,6 +173,11 @@ class ServiceView(View):
     @property
     def update_status(self) -> dict:
         return _d(self.raw.get("UpdateStatus"))
+
+    @property
+    def job_iteration(self) -> int:
+        """``JobStatus.JobIteration.Index``: which run of the job is wanted (0 for services)."""
+        return int(_d(_d(self.raw.get("JobStatus")).get("JobIteration")).get("Index") or 0)
 
     @property
     def previous_spec(self) -> dict | None:

@@ -1,33 +1,36 @@
-"""The shape both service orchestrators share: which services a pass looks at, a restart supervisor and
-an updater of their own, and a timer while restarts or updates wait."""
+"""The shape the orchestrators share: which services a pass looks at, a restart supervisor and an updater
+of their own, and a timer while restarts or updates wait."""
 
 from __future__ import annotations
 
+from shoal.aio import MONOTONIC, Clock
 from shoal.manager.controller import Controller, commit_all
 from shoal.manager.orchestrator.common import tasks_of, touched
 from shoal.manager.orchestrator.restart import RestartSupervisor
-from shoal.manager.orchestrator.update import Updater
+from shoal.manager.orchestrator.update import ServiceWriter, Updater
 from shoal.model.views import ServiceView, TaskView
 from shoal.store.objects import Change, Objects
 
 
 class ServiceOrchestrator(Controller):
-    """Reconciles the services of one ``mode``; a subclass says what one service needs (:meth:`service`)
-    and what else it owns (:meth:`deleted`, :meth:`sweep`)."""
+    """Reconciles the services of its ``modes``; a subclass says what one service needs (:meth:`service`)
+    and what else it owns (:meth:`deleted`, :meth:`sweep`). ``write_service`` stores a service whose spec
+    the updater rolls back (the allocator's, so that the endpoint follows)."""
 
     kinds = ("services", "tasks", "nodes")
-    mode = ""
+    modes: tuple[str, ...] = ()
 
-    def __init__(self, objs: Objects) -> None:
+    def __init__(self, objs: Objects, write_service: ServiceWriter | None = None, clock: Clock = MONOTONIC) -> None:
         super().__init__(objs)
-        self.restarts = RestartSupervisor(objs)
-        self.updater = Updater(self.restarts)
+        self.clock = clock
+        self.restarts = RestartSupervisor(objs, clock)
+        self.updater = Updater(self.restarts, clock, write_service)
 
     def next_timer(self) -> float | None:
-        due = self.restarts.next_due()
+        due = [d for d in (self.restarts.next_due(), self.updater.next_due()) if d is not None]
         if self.updater.busy():
-            due = min(due, 1.0) if due is not None else 1.0
-        return due
+            due.append(1.0)
+        return min(due) if due else None
 
     async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
         services = {s["ID"]: ServiceView(s) for s in self.objs.list("services")}
@@ -36,10 +39,14 @@ class ServiceOrchestrator(Controller):
             svc = services.get(sid)
             if svc is None:
                 out += self.deleted(sid)
-            elif svc.mode == self.mode:
+            elif svc.mode in self.modes:
                 out += self.service(svc, tasks_of(self.objs, sid))
         out += self.sweep(changes, services)
+        rewrites = self.updater.take_rewrites()  # made again at the next pass if this one fails
         await commit_all(self.objs, out)
+        if self.updater.write_service is not None:
+            for svc_raw in rewrites:
+                await self.updater.write_service(svc_raw)
 
     def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
         """The writes that bring one service's tasks in line with its spec."""

@@ -34,6 +34,8 @@ def new_task(service: dict, slot: int, node_id: str = "", desired: str = states.
         task["NodeID"] = node_id
     if service.get(SEALED_AUTH):  # the pull credentials of the spec the task is made from
         task[SEALED_AUTH] = service[SEALED_AUTH]
+    if svc.mode.endswith("-job"):
+        task["JobIteration"] = {"Index": svc.job_iteration}
     if svc.endpoint:
         task["Endpoint"] = json.loads(json.dumps(svc.endpoint))
     elif svc.spec.get("EndpointSpec"):
@@ -50,9 +52,10 @@ def created(task: TaskView) -> str:
     return task.created_at
 
 
-def slot_key(task: TaskView) -> tuple[str, object]:
-    """The slot a task fills: (service, slot) for replicated tasks, (service, node) for global ones."""
-    return task.service_id, task.slot or task.node_id
+def slot_key(task: TaskView, svc: ServiceView) -> tuple[str, object]:
+    """The slot a task fills: (service, slot) for replicated tasks (a replicated job's count from 0),
+    (service, node) for global ones."""
+    return task.service_id, task.node_id if svc.mode in ("global", "global-job") else task.slot
 
 
 def set_desired(task: TaskView, desired: str) -> dict:

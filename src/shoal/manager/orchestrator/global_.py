@@ -24,7 +24,7 @@ from shoal.store.objects import Change
 
 
 class GlobalOrchestrator(ServiceOrchestrator):
-    mode = "global"
+    modes = ("global",)
     name = "global-orchestrator"
 
     def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:

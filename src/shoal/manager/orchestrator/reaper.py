@@ -8,7 +8,7 @@ from collections import defaultdict
 from shoal.manager.controller import Controller, commit_all
 from shoal.manager.orchestrator.common import created
 from shoal.model import states
-from shoal.model.views import ClusterView, TaskView
+from shoal.model.views import ClusterView, ServiceView, TaskView
 from shoal.store.objects import Change
 
 DEFAULT_HISTORY = 5
@@ -40,13 +40,15 @@ class TaskReaper(Controller):
         limit = max(self.history_limit(), 1)
         out: list[Change] = []
         for sid in services:
+            svc = self.objs.get("services", sid)
+            per_node = svc is None or ServiceView(svc).mode in ("global", "global-job")
             groups: dict[object, list[TaskView]] = defaultdict(list)
             for t in map(TaskView, self.objs.tasks_of_service(sid)):
                 if t.desired == states.REMOVE:
                     if _stopped(t, nodes):
                         out.append(Change("tasks", t.raw, delete=True))
                     continue
-                groups[t.slot or t.node_id].append(t)
+                groups[t.node_id if per_node else t.slot].append(t)  # a replicated job's slots count from 0
             for group in groups.values():
                 if len(group) <= limit:
                     continue

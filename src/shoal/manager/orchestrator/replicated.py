@@ -23,7 +23,7 @@ from shoal.store.objects import Change
 
 
 class ReplicatedOrchestrator(ServiceOrchestrator):
-    mode = "replicated"
+    modes = ("replicated",)
     name = "replicated-orchestrator"
 
     def deleted(self, service_id: str) -> list[Change]:

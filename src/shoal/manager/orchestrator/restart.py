@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from shoal.aio import MONOTONIC, Clock
 from shoal.manager.orchestrator.common import created, new_task, set_desired, slot_key
 from shoal.manager.orchestrator.constraint_enforcer import must_leave
 from shoal.model import states
@@ -37,8 +38,8 @@ def should_restart(task: TaskView, history: list[TaskView], restarted: list[floa
     cond = policy.get("Condition") or "any"
     if cond == "none":
         return False
-    if cond == "on-failure" and task.state == states.COMPLETE:
-        return False
+    if task.state == states.COMPLETE and (cond == "on-failure" or task.job_iteration is not None):
+        return False  # a job's task that completed is done
     max_attempts = policy.get("MaxAttempts") or 0
     if max_attempts:
         window = (policy.get("Window") or 0) / 1e9
@@ -59,8 +60,9 @@ class _Wait:
 
 
 class RestartSupervisor:
-    def __init__(self, objs: Objects) -> None:
+    def __init__(self, objs: Objects, clock: Clock = MONOTONIC) -> None:
         self.objs = objs
+        self.clock = clock
         self._waits: dict[str, _Wait] = {}
         self._history: dict[tuple[str, object], deque[float]] = {}  # slot -> when its restarts were made
 
@@ -71,6 +73,9 @@ class RestartSupervisor:
         live: list[TaskView] = []
         for t in sorted(group, key=created):
             if not t.runnable:
+                continue
+            if t.done:
+                live.append(t)  # a job's task that completed keeps its place
                 continue
             dead = t.terminal or must_leave(self.objs, t)
             if dead and t.desired == states.READY and self.waiting(t.id):
@@ -91,10 +96,10 @@ class RestartSupervisor:
                  node_id: str) -> TaskView | None:
         """Shut down a dead task and, if its policy allows, create its delayed replacement."""
         out.append(Change("tasks", set_desired(t, states.SHUTDOWN)))
-        if not should_restart(t, group, self.restarted(slot_key(t))):
+        if not should_restart(t, group, self.restarted(slot_key(t, svc))):
             return None
         nt = new_task(svc.raw, t.slot, node_id, desired=states.READY)
-        self.record(slot_key(t), nt)
+        self.record(slot_key(t, svc), nt)
         # the restart delay guards against crash loops; a task lost with its node did not crash
         self.delay(nt["ID"], 0.0 if must_leave(self.objs, t) else svc.restart_policy["Delay"] / 1e9)
         out.append(Change("tasks", nt, create=True))
@@ -104,13 +109,14 @@ class RestartSupervisor:
         """The slot's newest task stopped and its policy says not to restart: it keeps its place."""
         last = max(group, key=created)
         return (last.desired != states.REMOVE and last.terminal and not is_dirty(svc.raw, last.raw)
-                and not should_restart(last, group, self.restarted(slot_key(last))))
+                and not should_restart(last, group, self.restarted(slot_key(last, svc))))
 
     def promote(self, live: list[TaskView], tasks_by_id: dict[str, TaskView], out: list[Change]) -> None:
-        """Move replacements whose wait is over from ``ready`` to ``running``."""
+        """Move replacements whose wait is over from ``ready`` to ``running`` (``complete`` for a job's)."""
         for t in live:
             if not t.terminal and t.desired == states.READY and self.may_start(t, tasks_by_id):
-                out.append(Change("tasks", set_desired(t, states.RUNNING)))
+                goal = states.RUNNING if t.job_iteration is None else states.COMPLETE
+                out.append(Change("tasks", set_desired(t, goal)))
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def record(self, slot: tuple[str, object], task: dict) -> None:
@@ -126,13 +132,18 @@ class RestartSupervisor:
             del self._history[key]
 
     def delay(self, task_id: str, seconds: float, after: str = "") -> None:
-        self._waits[task_id] = _Wait(time.monotonic() + max(0.0, seconds), after)
+        self._waits[task_id] = _Wait(self.clock.now() + max(0.0, seconds), after)
+
+    def wait_for(self, task_id: str, old_id: str) -> None:
+        """``task_id`` starts only once ``old_id`` has stopped (and after the delay it already waits)."""
+        w = self._waits.get(task_id)
+        self._waits[task_id] = _Wait(w.start_at if w is not None else self.clock.now(), old_id)
 
     def may_start(self, task: TaskView, tasks_by_id: dict[str, TaskView]) -> bool:
         w = self._waits.get(task.id)
         if w is None:
             return True
-        if time.monotonic() < w.start_at:
+        if self.clock.now() < w.start_at:
             return False
         if w.after:
             old = tasks_by_id.get(w.after)
@@ -144,13 +155,13 @@ class RestartSupervisor:
     def waiting(self, task_id: str) -> bool:
         """The task's restart delay has not yet passed."""
         w = self._waits.get(task_id)
-        return w is not None and time.monotonic() < w.start_at
+        return w is not None and self.clock.now() < w.start_at
 
     def forget(self, task_id: str) -> None:
         self._waits.pop(task_id, None)
 
     def next_due(self) -> float | None:
         """Seconds until the earliest delay ends (None if nothing waits)."""
-        now = time.monotonic()
+        now = self.clock.now()
         future = [w.start_at - now for w in self._waits.values() if w.start_at > now]
         return min(future) + 0.01 if future else None

@@ -13,7 +13,7 @@ from shoal.store.objects import Change, Objects
 
 def _schedulable(t: dict) -> bool:
     view = TaskView(t)
-    return view.state == states.PENDING and not states.before(states.RUNNING, view.desired)
+    return view.state == states.PENDING and not states.before(states.COMPLETE, view.desired)  # jobs: complete
 
 
 class SchedulerController(Controller):
