@@ -3,13 +3,13 @@ listed beside them and everything about local networks is passed to the engine."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.server import Ctx, forward, json_response, read_json, route
 from shoal.control import ManagerControl
@@ -114,9 +114,9 @@ async def inspect_network(ctx: Ctx, request: web.Request, ref: str) -> web.Strea
 
 @route("POST", "/networks/create", manager=False)
 async def create_network(ctx: Ctx, request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    if not isinstance(body, dict) or body.get("Driver") != "overlay":
-        return await ctx.proxy.forward_body(request, json.dumps(body).encode() if body is not None else b"")
+    body = decode(await read_json(request), "NetworkCreateRequest")
+    if body.get("Driver") != "overlay":  # the engine's own network: the request as it came
+        return await ctx.proxy.forward_body(request, await request.read())
     manager = ctx.manager
     if not manager.is_leader:
         return await forward(manager, request)

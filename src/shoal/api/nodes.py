@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
@@ -44,15 +45,13 @@ async def inspect_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response
 async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     node = resolve(manager.objects, "nodes", ref)
+    spec = decode(await read_json(request), "NodeSpec")
     raw = request.rel_url.query.get("version", "")
     try:
         version = int(raw)
     except ValueError:
         raise BadRequest(f"invalid node version '{raw}': strconv.ParseUint: parsing \"{raw}\": "
                          "invalid syntax") from None
-    spec = await read_json(request)
-    if not isinstance(spec, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.NodeSpec")
     role = spec.get("Role") or node["Spec"].get("Role")
     avail = spec.get("Availability") or node["Spec"].get("Availability")
     if role not in ("worker", "manager"):
@@ -60,8 +59,6 @@ async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     if avail not in ("active", "pause", "drain"):
         raise InvalidArgument(f"invalid Availability: {avail!r}")
     labels = spec.get("Labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise BadRequest("json: cannot unmarshal into Go struct field NodeSpec.Labels of type string")
     new = {**{k: v for k, v in spec.items() if k in ("Name",)}, "Labels": labels, "Role": role,
            "Availability": avail}
     await manager.update_node(node, version, new)

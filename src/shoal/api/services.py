@@ -6,6 +6,7 @@ import copy
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
@@ -92,7 +93,7 @@ async def inspect_service(ctx: Ctx, request: web.Request, ref: str) -> web.Respo
 
 @route("POST", "/services/create")
 async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
-    spec = validate_spec(await read_json(request))
+    spec = validate_spec(decode(await read_json(request), "ServiceSpec"))
     return json_response({"ID": await ctx.manager.create_service(spec), "Warnings": None}, 201)
 
 
@@ -100,8 +101,8 @@ async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
 async def update_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     svc = resolve(manager.objects, "services", ref)
+    body = decode(await read_json(request), "ServiceSpec")
     version = _version(request)
-    body = await read_json(request)
     rollback = request.rel_url.query.get("rollback") == "previous"
     if rollback:
         if not svc.get("PreviousSpec"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.model.errors import APIError, BadRequest
 
@@ -31,9 +32,7 @@ def _refuse_ca_rotation(current: dict, spec: dict) -> None:
 
 @route("POST", "/swarm/init", manager=False)
 async def init(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request) or {}
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.InitRequest")
+    body = decode(await read_json(request), "SwarmInitRequest")
     return json_response(await ctx.control.init_swarm(body))
 
 
@@ -44,9 +43,7 @@ async def inspect(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("POST", "/swarm/update")
 async def update(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.Spec")
+    body = decode(await read_json(request), "SwarmSpec")
     q = request.rel_url.query
     if "version" not in q:
         raise BadRequest("invalid swarm version '': strconv.ParseUint: parsing \"\": invalid syntax")
@@ -69,9 +66,7 @@ async def unlock_key(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("POST", "/swarm/unlock", manager=False)
 async def unlock(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.UnlockRequest")
+    body = decode(await read_json(request), "SwarmUnlockRequest")
     await ctx.control.unlock_swarm(body.get("UnlockKey") or "")
     return web.Response(status=200)
 
@@ -84,8 +79,6 @@ async def leave(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("POST", "/swarm/join", manager=False)
 async def join(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request) or {}
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.JoinRequest")
+    body = decode(await read_json(request), "SwarmJoinRequest")
     await ctx.control.join_swarm(body)
     return web.Response(status=200)
