@@ -8,6 +8,7 @@ from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.model.errors import BadRequest, InvalidArgument
 
 FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
@@ -31,14 +32,14 @@ async def list_nodes(ctx: Ctx, request: web.Request) -> web.Response:
             continue
         if "node.label" in f and not match_labels(spec.get("Labels") or {}, f["node.label"]):
             continue
-        out.append(n)
+        out.append(complete(n, "Node"))
     out.sort(key=lambda n: ((n.get("Description") or {}).get("Hostname", ""), n["ID"]))
     return json_response(out)
 
 
 @route("GET", "/nodes/{ref}")
 async def inspect_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
-    return json_response(resolve(ctx.manager.objects, "nodes", ref))
+    return json_response(complete(resolve(ctx.manager.objects, "nodes", ref), "Node"))
 
 
 @route("POST", "/nodes/{ref}/update")

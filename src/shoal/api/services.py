@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 from aiohttp import web
 
 from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.control import Objects
 from shoal.model import states
 from shoal.model.errors import BadRequest, FailedPrecondition
@@ -19,15 +18,15 @@ FILTERS = {"id", "name", "label", "mode"}
 
 
 def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status: bool = False) -> dict:
-    out = copy.deepcopy(svc)
+    """The service as Docker answers it: every field Docker always returns there."""
+    out = dict(svc)
     if insert_defaults:
         out["Spec"] = with_defaults(out["Spec"])
         if out.get("PreviousSpec"):
             out["PreviousSpec"] = with_defaults(out["PreviousSpec"])
-    out.setdefault("Endpoint", {"Spec": {}})
     if status:
         out["ServiceStatus"] = service_status(objs, svc)
-    return out
+    return complete(out, "Service")
 
 
 def service_status(objs: Objects, svc: dict) -> dict:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shoal.api.decode import decode
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.model.errors import APIError, BadRequest
 
 TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
@@ -38,7 +39,7 @@ async def init(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("GET", "/swarm")
 async def inspect(ctx: Ctx, request: web.Request) -> web.Response:
-    return json_response(ctx.manager.cluster(with_tokens=True))
+    return json_response(complete(ctx.manager.cluster(with_tokens=True), "Swarm"))
 
 
 @route("POST", "/swarm/update")
