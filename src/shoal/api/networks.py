@@ -11,6 +11,7 @@ from aiohttp import web
 
 from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import parse_bool
 from shoal.api.server import Ctx, forward, json_response, read_json, route
 from shoal.control import ManagerControl
 from shoal.model import labels
@@ -99,11 +100,17 @@ async def list_networks(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("GET", "/networks/{ref}", manager=False)
 async def inspect_network(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    # verbose: a swarm network's inspect has nothing more to show (as Docker's manager answers for a
+    # network with no container on this node); the engine answers it for its own networks
+    parse_bool(request.rel_url.query, "verbose")
+    scope = request.rel_url.query.get("scope", "")
     net = find_swarm_network(ctx, ref)
-    if net is not None:
+    # moby: a swarm network is found by a prefix of its ID whatever the scope, by its name only when no
+    # scope or "swarm" is asked for
+    if net is not None and (scope in ("", "swarm") or net["ID"].startswith(ref)):
         return json_response(resource(net))
     found = find_worker_network(ctx, ref)
-    if found is not None:
+    if found is not None and (scope in ("", "swarm") or found["Id"].startswith(ref)):
         return json_response(found)
     local = await engine_network(ctx, ref)
     if local is not None and local.get("Driver") == labels.PLUGIN_DRIVER:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import bool_value
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.api.shape import complete
@@ -70,5 +71,5 @@ async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
 async def remove_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     node = resolve(manager.objects, "nodes", ref)
-    await manager.remove_node(node, force=request.rel_url.query.get("force") in ("1", "true", "True"))
+    await manager.remove_node(node, force=bool_value(request.rel_url.query, "force"))
     return web.Response(status=200)

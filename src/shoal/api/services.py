@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import parse_bool
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.api.shape import complete
@@ -65,7 +66,8 @@ async def list_services(ctx: Ctx, request: web.Request) -> web.Response:
     for m in f.get("mode", []):
         if m not in ("replicated", "global", "replicated-job", "global-job"):
             raise BadRequest(f"Invalid filter: 'mode'='{m}'")
-    status = request.rel_url.query.get("status") in ("1", "true", "True")
+    # `status` came with API 1.41: older clients' is ignored, as moby does
+    status = request["api_version"] >= (1, 41) and parse_bool(request.rel_url.query, "status")
     objs = ctx.manager.objects
     out = []
     for svc in objs.list("services"):
@@ -86,7 +88,7 @@ async def list_services(ctx: Ctx, request: web.Request) -> web.Response:
 @route("GET", "/services/{ref}")
 async def inspect_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     objs = ctx.manager.objects
-    insert = request.rel_url.query.get("insertDefaults") in ("1", "true", "True")
+    insert = parse_bool(request.rel_url.query, "insertDefaults")
     return json_response(service_view(objs, resolve(objs, "services", ref), insert_defaults=insert))
 
 
@@ -102,7 +104,14 @@ async def update_service(ctx: Ctx, request: web.Request, ref: str) -> web.Respon
     svc = resolve(manager.objects, "services", ref)
     body = decode(await read_json(request), "ServiceSpec")
     version = _version(request)
-    rollback = request.rel_url.query.get("rollback") == "previous"
+    q = request.rel_url.query
+    if q.get("rollback", "") not in ("", "none", "previous"):  # moby: the same text, as a 500
+        raise BadRequest(f"unrecognized rollback option {q['rollback']}")
+    if q.get("registryAuthFrom", "") not in ("", "spec", "previous-spec"):
+        raise BadRequest("unsupported registryAuthFrom value")
+    if q.get("registryAuthFrom") == "previous-spec" and not svc.get("PreviousSpec"):
+        raise BadRequest("service does not have a previous spec")
+    rollback = q.get("rollback") == "previous"
     if rollback:
         if not svc.get("PreviousSpec"):
             raise FailedPrecondition(f"service {svc['ID']} does not have a previous spec")

@@ -5,21 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from shoal.api.decode import decode
+from shoal.api.query import bool_value, parse_bool
 from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.api.shape import complete
 from shoal.model.errors import APIError, BadRequest
-
-TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
-
-
-def _flag(query, name: str) -> bool:
-    """A boolean query parameter as Go's strconv.ParseBool reads it (absent: false)."""
-    value = query.get(name, "")
-    if value in TRUE:
-        return True
-    if value in FALSE or value == "":
-        return False
-    raise BadRequest(f"invalid value for {name}: {value}")
 
 
 def _refuse_ca_rotation(current: dict, spec: dict) -> None:
@@ -54,9 +43,9 @@ async def update(ctx: Ctx, request: web.Request) -> web.Response:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
     manager = ctx.manager
     _refuse_ca_rotation(manager.cluster(), body)
-    await manager.update_swarm(body, version, rotate_worker=_flag(q, "rotateWorkerToken"),
-                               rotate_manager=_flag(q, "rotateManagerToken"),
-                               rotate_unlock=_flag(q, "rotateManagerUnlockKey"))
+    await manager.update_swarm(body, version, rotate_worker=parse_bool(q, "rotateWorkerToken", detail=False),
+                               rotate_manager=parse_bool(q, "rotateManagerToken", detail=False),
+                               rotate_unlock=parse_bool(q, "rotateManagerUnlockKey", detail=False))
     return web.Response(status=200)
 
 
@@ -74,7 +63,7 @@ async def unlock(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("POST", "/swarm/leave", manager=False)
 async def leave(ctx: Ctx, request: web.Request) -> web.Response:
-    await ctx.control.leave_swarm(request.rel_url.query.get("force") in ("1", "true", "True"))
+    await ctx.control.leave_swarm(bool_value(request.rel_url.query, "force"))
     return web.Response(status=200)
 
 
