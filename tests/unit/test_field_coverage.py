@@ -112,25 +112,35 @@ def _markers_in(node: ast.AST, test: str, problems: list[str]) -> list[Marker]:
     return found
 
 
+def _decorator_markers(deco: ast.AST, test: str, named: dict[str, ast.AST], problems: list[str]) -> list[Marker]:
+    found = _markers_in(deco, test, problems)
+    for name in {n.id for n in ast.walk(deco) if isinstance(n, ast.Name) and n.id in named}:
+        found += _markers_in(named[name], test, problems)
+    return found
+
+
 def collect_markers(problems: list[str]) -> list[Marker]:
-    """The field markers of every test under tests/: on test functions (and their parameters), on classes,
-    and in a module's ``pytestmark``."""
+    """The field markers of every test under tests/: on test functions (their parameters too, also when
+    the parameters are a module-level list the decorator names), on classes, and in ``pytestmark``."""
     out = []
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         rel = path.relative_to(ROOT).as_posix()
         tree = ast.parse(path.read_text(), rel)
+        named = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name) and t.id != "pytestmark"}
+        of = functools.partial(_decorator_markers, named=named, problems=problems)
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
                                                     for t in node.targets):
                 out += _markers_in(node.value, rel, problems)
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 for deco in node.decorator_list:
-                    out += _markers_in(deco, f"{rel}::{node.name}", problems)
+                    out += of(deco, f"{rel}::{node.name}")
                 if isinstance(node, ast.ClassDef):
                     for sub in node.body:
                         if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
                             for deco in sub.decorator_list:
-                                out += _markers_in(deco, f"{rel}::{node.name}::{sub.name}", problems)
+                                out += of(deco, f"{rel}::{node.name}::{sub.name}")
     return out
 
 
