@@ -75,7 +75,7 @@ def test_fields_docker_always_returns(shoald):
     client.close()
 
 
-def test_network_inspect_scope_and_verbose(shoald):
+def test_network_inspect_scope_verbose_and_dangling(shoald):
     client = shoald.client()
     net = client.networks.create("scoped", driver="overlay")
     assert client.api.inspect_network("scoped")["Id"] == net.id
@@ -84,6 +84,12 @@ def test_network_inspect_scope_and_verbose(shoald):
         client.api.inspect_network("scoped", scope="local")
     assert client.api.inspect_network(net.id[:12], scope="local")["Id"] == net.id  # an ID prefix always finds it
     assert client.api.inspect_network("scoped", verbose=True)["Id"] == net.id
+    # dangling: no service is on it (ingress is always in use)
+    assert "scoped" in {n.name for n in client.networks.list(filters={"dangling": True})}
+    assert "ingress" not in {n.name for n in client.networks.list(filters={"dangling": True})}
+    assert "scoped" not in {n.name for n in client.networks.list(filters={"dangling": False})}
+    status, _, body = shoald.request("GET", "/networks?filters=" + quote(json.dumps({"dangling": ["maybe"]})))
+    assert status == 400 and body["message"].startswith("invalid value for filter 'dangling'")
     status, _, body = shoald.request("GET", "/networks/scoped?verbose=maybe")
     assert (status, body["message"]) == (400, 'invalid value for verbose: maybe: strconv.ParseBool: parsing "maybe": '
                                               "invalid syntax")

@@ -3,6 +3,7 @@ listed beside them and everything about local networks is passed to the engine."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 from urllib.parse import quote
@@ -15,7 +16,7 @@ from shoal.api.query import parse_bool
 from shoal.api.server import Ctx, forward, json_response, read_json, route
 from shoal.control import ManagerControl
 from shoal.model import labels
-from shoal.model.errors import NotFound
+from shoal.model.errors import BadRequest, NotFound
 from shoal.model.network import name_conflict, resource, spec_from_request
 
 FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
@@ -67,15 +68,35 @@ async def engine_network(ctx: Ctx, ref: str) -> dict | None:
         return await resp.json() if resp.status == 200 else None
 
 
+def _dangling(f: dict[str, list[str]]) -> bool | None:
+    """The ``dangling`` filter as moby reads it: None when not asked for."""
+    values = f.get("dangling")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest('got more than one value for filter key "dangling"')
+    if values[0] not in ("0", "false", "1", "true"):
+        raise BadRequest("invalid value for filter 'dangling', must be \"true\" (or \"1\"), or \"false\" (or \"0\")")
+    return values[0] in ("1", "true")
+
+
 @route("GET", "/networks", manager=False)
 async def list_networks(ctx: Ctx, request: web.Request) -> web.Response:
-    local = await ctx.proxy.get_json("/networks")
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
+    dangling = _dangling(f)
+    # the engine says which of its own networks are in use
+    query = "" if dangling is None else "?filters=" + quote(json.dumps({"dangling": f["dangling"]}))
+    local = await ctx.proxy.get_json(f"/networks{query}")
     out = [n for n in local if n.get("Driver") != labels.PLUGIN_DRIVER]
     manager = _manager(ctx)
     if manager is not None:
-        out += [resource(n) for n in manager.objects.list("networks")]
-    else:
+        swarm = manager.objects.list("networks")
+        if dangling is not None:  # a swarm network is in use while a service is on it; ingress always is
+            used = {n.get("Target") for s in manager.objects.list("services")
+                    for n in (s["Spec"].get("TaskTemplate") or {}).get("Networks") or []}
+            swarm = [n for n in swarm if (not n["Spec"].get("Ingress") and n["ID"] not in used) == dangling]
+        out += [resource(n) for n in swarm]
+    elif not dangling:  # a worker lists the swarm networks its tasks are on: in use
         out += worker_networks(ctx)
 
     def keep(n: dict) -> bool:
