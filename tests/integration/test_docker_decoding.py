@@ -65,7 +65,7 @@ def test_fields_docker_always_returns(shoald):
     assert task["Spec"]["ForceUpdate"] == 0 and task["Labels"] == {} and "PortStatus" in task["Status"]
     [listed] = client.api.services(filters={"name": "zeroes"}, status=True)
     assert set(listed["ServiceStatus"]) == {"RunningTasks", "DesiredTasks", "CompletedTasks"}
-    node = client.api.inspect_node("self")
+    node = client.api.inspect_node(client.info()["Swarm"]["NodeID"])
     assert node["Spec"]["Labels"] == {} and set(node["Description"]) >= {"Platform", "Resources", "Engine", "TLSInfo"}
     swarm = client.api.inspect_swarm()
     assert swarm["Spec"]["Labels"] == {} and swarm["Spec"]["TaskDefaults"] == {}

@@ -45,7 +45,7 @@ def test_inspect_then_update_right_after_init_and_join(docker_engine):
             mgr.docker("swarm", "init", "--listen-addr", addr, "--advertise-addr", addr)
             manager_id = _node_id(mgr)
             _read_modify_write(client, manager_id, 0)  # at once, with docker-py
-            mgr.docker("node", "update", "--label-add", "cli=1", "self")  # and with the CLI
+            mgr.docker("node", "update", "--label-add", "cli=1", manager_id)  # and with the CLI
             token = mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
             wrk.docker("swarm", "join", "--token", token, addr)
             worker_id = _node_id(wrk)

@@ -35,7 +35,8 @@ def _ps_errors(shoald, service: str) -> str:
 def test_container_fields_reach_the_container(shoald, docker_engine, tmp_path):
     (tmp_path / "f").write_text("bound\n")
     shoald.docker(
-        "service", "create", "--name", "fields", "--entrypoint", "sleep", "--group", "1234", "--tty",
+        "service", "create", "-d", "--name", "fields", "--stop-grace-period", "1s", "--entrypoint", "sleep",
+        "--group", "1234", "--tty",
         "--host", "db.local:10.1.2.3", "--dns", "10.9.9.9", "--dns-search", "example.test", "--dns-option", "ndots:2",
         "--cap-drop", "MKNOD", "--health-cmd", "true", "--health-interval", "2s", "--health-timeout", "3s",
         "--health-retries", "4", "--health-start-period", "5s", "--limit-pids", "77",
@@ -46,7 +47,7 @@ def test_container_fields_reach_the_container(shoald, docker_engine, tmp_path):
                    "volume-opt=type=tmpfs,volume-opt=device=tmpfs",
         "--publish", "mode=host,target=5353,published=18953,protocol=udp",
         BUSYBOX, "3600")
-    c = running_containers(docker_engine, "fields")[0]
+    c = wait_for(lambda: running_containers(docker_engine, "fields"), 60, what="the task running")[0]
     cfg, host = c.attrs["Config"], c.attrs["HostConfig"]
     assert cfg["Entrypoint"] == ["sleep"] and cfg["Cmd"] == ["3600"] and cfg["Tty"] is True
     assert host["GroupAdd"] == ["1234"] and host["ExtraHosts"] == ["db.local:10.1.2.3"]
@@ -71,7 +72,8 @@ def test_container_fields_reach_the_container(shoald, docker_engine, tmp_path):
     assert vol["Driver"] == "local" and vol["Labels"] == {"color": "red"}
     assert vol["Options"] == {"type": "tmpfs", "device": "tmpfs"}
     shoald.docker("service", "rm", "fields")
-    wait_for(lambda: not running_containers(docker_engine, "fields"), 30, what="the container removed")
+    wait_for(lambda: not docker_engine.containers.list(all=True, filters={"id": c.id}), 30,
+             what="the container removed")
     docker_engine.volumes.get("fields-vol").remove(force=True)
 
 
@@ -82,7 +84,8 @@ def test_deprecated_service_networks_open_stdin_and_port_name(shoald, docker_eng
     API 1.44, still read by Docker) attach the task."""
     net = shoald.client().networks.create("fieldnet", driver="overlay")
     spec = {"Name": "oldnets", "Networks": [{"Target": "fieldnet"}],
-            "TaskTemplate": {"ContainerSpec": {"Image": BUSYBOX, "Args": ["sleep", "3600"], "OpenStdin": True}},
+            "TaskTemplate": {"ContainerSpec": {"Image": BUSYBOX, "Args": ["sleep", "3600"], "OpenStdin": True,
+                                               "StopGracePeriod": SECOND}},
             "EndpointSpec": {"Ports": [{"Name": "web", "TargetPort": 80, "PublishedPort": 18954}]}}
     status, _, body = shoald.request("POST", "/services/create", spec)
     assert status == 201, body
@@ -115,10 +118,10 @@ def test_platforms_and_cpu_reservations_place_tasks(shoald, docker_engine):
                                                  {"OS": "linux", "Architecture": arch}]})
     create("greedy", Resources={"Reservations": {"NanoCPUs": 1000 * SECOND}})
     wait_for(lambda: running_containers(docker_engine, "plat-here"), 60, what="the linux task running")
-    assert wait_for(lambda: _ps_errors(shoald, "plat-win"), 15, what="a reason") == \
-        "no suitable node (unsupported platform on 1 node)"
-    assert wait_for(lambda: _ps_errors(shoald, "greedy"), 15, what="a reason") == \
-        "no suitable node (insufficient resources on 1 node)"
+    assert "no suitable node (unsupported platform on 1 node)" in wait_for(
+        lambda: _ps_errors(shoald, "plat-win"), 15, what="a reason")
+    assert "no suitable node (insufficient resources on 1 node)" in wait_for(
+        lambda: _ps_errors(shoald, "greedy"), 15, what="a reason")
     assert not running_containers(docker_engine, "plat-win") and not running_containers(docker_engine, "greedy")
     shoald.docker("service", "rm", "plat-win", "plat-here", "greedy")
 
