@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(docker.io etcd-server etcd-client busybox-static nftables iproute2)
+# docker-registry and apache2-utils (htpasswd): the private registry of tests/integration/test_registry_auth.py
+pkgs=(docker.io etcd-server etcd-client busybox-static nftables iproute2 docker-registry apache2-utils)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -14,7 +15,14 @@ if ((${#missing[@]})); then
   echo "install-deps: apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
+  # no package may start a daemon (docker-registry would serve on :5000): the tests start their own
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
   apt-get install -y -q "${missing[@]}"
+  if ((made_policy)); then rm -f "$policy"; fi
 fi
 
 stamp=.venv/.shoal-installed

@@ -36,12 +36,7 @@ PENDING = {
     "ServiceSpec.RollbackConfig": "pending: issue 11 items 1-2 (updates, rollback)",
     "ServiceSpec.Mode.ReplicatedJob": "pending: issue 11 item 3 (jobs)",
     "ServiceSpec.Mode.GlobalJob": "pending: issue 11 item 3 (jobs)",
-    "TaskSpec.LogDriver": "pending: issue 11 item 5 (agent fields)",
-    "TaskSpec.ContainerSpec.OomScoreAdj": "pending: issue 11 item 5 (agent fields)",
     "TaskSpec.ContainerSpec.Privileges": "pending: issue 11 item 5 (agent fields)",
-    "ResourceObject.GenericResources": "pending: issue 11 item 5 (agent fields)",
-    "ResourceObject.MemoryBytes": "pending: issue 11 item 5 (agent fields)",
-    "NetworkAttachmentConfig.DriverOpts": "pending: issue 11 item 5 (agent fields)",
 }
 
 

@@ -20,9 +20,9 @@ NETWORK_DRIVERS = ("overlay", PLUGIN_DRIVER)
 
 
 async def describe(engine: Engine, tls: NodeTLS) -> dict:
-    """Hostname, platform, resources, engine version, labels and plugins (from ``GET /info``, as
-    Docker's executor describes a node: plugins sorted by type and name), and the TLS information of
-    the swarm's root CA."""
+    """Hostname, platform, resources (with the engine's generic resources), engine version, labels and
+    plugins (from ``GET /info``, as Docker's executor describes a node: plugins sorted by type and name),
+    and the TLS information of the swarm's root CA."""
     info = await engine.get_json("/info")
     labels = {}
     for item in info.get("Labels") or []:
@@ -36,10 +36,13 @@ async def describe(engine: Engine, tls: NodeTLS) -> dict:
                     "Plugins": [{"Type": kind, "Name": n} for kind, n in sorted(named)]}
     if labels:  # none: left out, as Docker answers
         engine["Labels"] = labels
+    resources = {"NanoCPUs": int(info.get("NCPU", 1)) * SECOND, "MemoryBytes": int(info.get("MemTotal", 0))}
+    if info.get("GenericResources"):  # the engine's node-generic-resources (e.g. gpu=UUID, ssd=2)
+        resources["GenericResources"] = info["GenericResources"]
     return {
         "Hostname": info.get("Name") or socket.gethostname(),
         "Platform": {"Architecture": info.get("Architecture", "x86_64"), "OS": info.get("OSType", "linux")},
-        "Resources": {"NanoCPUs": int(info.get("NCPU", 1)) * SECOND, "MemoryBytes": int(info.get("MemTotal", 0))},
+        "Resources": resources,
         "Engine": engine,
         "TLSInfo": _tls_info(tls),
     }
