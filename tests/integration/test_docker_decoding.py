@@ -24,7 +24,8 @@ def test_docker_py_lower_case_rollback_config_and_templating(shoald, docker_engi
     cfg = client.configs.create(name="lowertmpl", data=b"svc={{.Service.Name}}", templating={"name": "golang"})
     assert client.configs.get(cfg.id).attrs["Spec"]["Templating"] == {"Name": "golang"}
     ref = docker.types.ConfigReference(cfg.id, "lowertmpl", filename="/t")
-    client.services.create(BUSYBOX, SLEEP, name="lower", rollback_config={"order": "start-first"}, configs=[ref])
+    client.services.create(BUSYBOX, SLEEP, name="lower", rollback_config={"order": "start-first"}, configs=[ref],
+                           stop_grace_period=10**9)
     spec = client.services.get("lower").attrs["Spec"]
     assert spec["RollbackConfig"]["Order"] == "start-first" and "order" not in spec["RollbackConfig"]
     # the template is one: the task's file is expanded

@@ -1,5 +1,7 @@
 """The ServiceSpec fields shoal does not do: a request that sets one is refused with a 400 saying so,
-rather than stored and silently ignored.
+rather than stored and silently ignored (the runtime, Windows isolation and mounts, mount and health
+options the engine cannot take; shoal.model.spec_fields checks privileges, log drivers, generic resources
+and templates).
 
 Which fields are honoured and which refused, with the test that shows it, is docs/compat-fields.md
 (made from the ``field`` markers of the tests by tests/unit/test_field_coverage.py). A field left at
