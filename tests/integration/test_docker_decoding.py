@@ -68,6 +68,7 @@ def test_fields_docker_always_returns(shoald):
     assert set(listed["ServiceStatus"]) == {"RunningTasks", "DesiredTasks", "CompletedTasks"}
     node = client.api.inspect_node(client.info()["Swarm"]["NodeID"])
     assert node["Spec"]["Labels"] == {} and set(node["Description"]) >= {"Platform", "Resources", "Engine", "TLSInfo"}
+    assert "Attachments" not in node  # the node's own addresses: kept by swarmkit, not shown by Docker
     swarm = client.api.inspect_swarm()
     assert swarm["Spec"]["Labels"] == {} and swarm["Spec"]["TaskDefaults"] == {}
     assert swarm["Spec"]["EncryptionConfig"] == {"AutoLockManagers": False}

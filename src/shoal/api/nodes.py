@@ -13,6 +13,12 @@ from shoal.api.shape import complete
 from shoal.model.errors import BadRequest, InvalidArgument
 
 FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
+INTERNAL = ("Attachments",)  # the node's own network addresses: swarmkit keeps them, Docker's API does not show them
+
+
+def node_view(node: dict) -> dict:
+    """The node as Docker answers it."""
+    return complete({k: v for k, v in node.items() if k not in INTERNAL}, "Node")
 
 
 @route("GET", "/nodes")
@@ -33,14 +39,14 @@ async def list_nodes(ctx: Ctx, request: web.Request) -> web.Response:
             continue
         if "node.label" in f and not match_labels(spec.get("Labels") or {}, f["node.label"]):
             continue
-        out.append(complete(n, "Node"))
+        out.append(node_view(n))
     out.sort(key=lambda n: ((n.get("Description") or {}).get("Hostname", ""), n["ID"]))
     return json_response(out)
 
 
 @route("GET", "/nodes/{ref}")
 async def inspect_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
-    return json_response(complete(resolve(ctx.manager.objects, "nodes", ref), "Node"))
+    return json_response(node_view(resolve(ctx.manager.objects, "nodes", ref)))
 
 
 @route("POST", "/nodes/{ref}/update")
