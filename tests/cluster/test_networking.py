@@ -244,6 +244,7 @@ def test_rules_are_repaired_and_rebuilt(lab: Lab) -> None:
           f"mesh back {rebuilt:.1f} s after its start", file=sys.stderr)
 
 
+@pytest.mark.field("NetworkAttachmentConfig.Aliases", "EndpointSpec.Mode", how="honoured")
 def test_alias_and_dnsrr(lab: Lab) -> None:
     """``--network name=X,alias=Y`` and ``--endpoint-mode dnsrr``, resolved from another task on X."""
     mgr(lab, "service", "create", "--name", "rr", "--endpoint-mode", "dnsrr", "--replicas=2",
@@ -323,6 +324,7 @@ def test_egress_to_the_lan(lab: Lab) -> None:
         server.wait(timeout=10)
 
 
+@pytest.mark.field("EndpointPortConfig.PublishMode", how="honoured")
 def test_host_mode_publish(lab: Lab) -> None:
     mgr(lab, "service", "create", "--name", "hostport", "--publish", "mode=host,target=80,published=8888",
         "--replicas=1", "--constraint", "node.hostname==worker2", WEB)

@@ -161,6 +161,7 @@ def test_drain_the_manager(lab: Lab) -> None:
     mgr(lab, "service", "rm", "onmgr")
 
 
+@pytest.mark.field("TaskSpec.Placement.Constraints", how="honoured")
 def test_labels_and_constraints(lab: Lab) -> None:
     ids = node_ids(lab)
     mgr(lab, "node", "update", "--label-add", "storage=hdd", "worker1")
@@ -186,6 +187,7 @@ def test_labels_and_constraints(lab: Lab) -> None:
         mgr(lab, "service", "rm", s)
 
 
+@pytest.mark.field("TaskSpec.Placement.Preferences.Spread.SpreadDescriptor", how="honoured")
 def test_placement_preference_spreads_over_label_values(lab: Lab) -> None:
     for host, value in (("manager", "hdd"), ("worker1", "hdd"), ("worker2", "ssd")):
         mgr(lab, "node", "update", "--label-add", f"storage={value}", host)
@@ -409,6 +411,8 @@ def test_bind_mount_missing_on_one_node(lab: Lab) -> None:
     mgr(lab, "service", "rm", "binder")
 
 
+@pytest.mark.field("Mount.ReadOnly", "Mount.VolumeOptions.NoCopy", "Mount.VolumeOptions.DriverConfig.Name",
+                   "Mount.VolumeOptions.DriverConfig.Options", "Mount.TmpfsOptions.SizeBytes", how="honoured")
 def test_volumes(lab: Lab) -> None:
     for h in HOSTS:
         lab.exec(h, "sh", "-c", "mkdir -p /run/ro-src && echo hello >/run/ro-src/f", check=True)

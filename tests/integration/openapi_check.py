@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -44,8 +45,29 @@ def operation(method: str, path: str) -> tuple[str, dict] | None:
 
 
 @functools.cache
+def answers_document() -> dict:
+    """The document as answers are checked against it: the fields Docker always returns (``x-always``,
+    which shoal's api/shape.py adds) are required."""
+    doc = copy.deepcopy(document())
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "x-always" in node:
+                node["required"] = sorted(set(node.get("required") or ()) | set(node["x-always"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    return doc
+
+
+@functools.cache
 def _registry() -> Registry:
-    return Registry().with_resource(URI, Resource.from_contents(document(), default_specification=DRAFT202012))
+    return Registry().with_resource(URI, Resource.from_contents(answers_document(),
+                                                                default_specification=DRAFT202012))
 
 
 @functools.cache

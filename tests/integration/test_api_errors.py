@@ -66,7 +66,6 @@ def test_invalid_specs_are_400_and_change_nothing(shoald):
     before = _services(shoald)
     cases = [
         (_spec(Mode={"Replicated": {"Replicas": -1}}), "Replicas"),
-        (_spec(Mode={"Bogus": {}}), "mode"),
         (_spec(Mode={"Replicated": {"Replicas": 1}, "Global": {}}), "only one service mode"),
         (_spec(TaskTemplate={"ContainerSpec": {"Image": ""}}), "image reference must be provided"),
         (_spec(TaskTemplate={"ContainerSpec": {}}), "image reference must be provided"),

@@ -126,6 +126,7 @@ def test_nodes(pyswarm):
     client.close()
 
 
+@pytest.mark.field("TaskSpec.Networks", "NetworkAttachmentConfig.Target", how="honoured")
 def test_networks_services_tasks_logs(pyswarm, docker_engine):
     mgr, _ = pyswarm
     client = mgr.client()
@@ -151,7 +152,7 @@ def test_networks_services_tasks_logs(pyswarm, docker_engine):
     assert got.attrs["Endpoint"]["VirtualIPs"] and {v["NetworkID"] for v in got.attrs["Endpoint"]["VirtualIPs"]} >= {
         net.id}
     wait_for(lambda: client.services.list(filters={"name": "pysvc"}, status=True)[0].attrs["ServiceStatus"]
-             == {"RunningTasks": 2, "DesiredTasks": 2}, 20, what="ServiceStatus 2/2")
+             == {"RunningTasks": 2, "DesiredTasks": 2, "CompletedTasks": 0}, 20, what="ServiceStatus 2/2")
 
     tasks = svc.tasks(filters={"desired-state": "running"})
     assert len(tasks) == 2 and {t["Slot"] for t in tasks} == {1, 2}

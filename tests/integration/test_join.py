@@ -180,6 +180,7 @@ def test_removed_node_is_refused(pair):
     assert "has been removed" in (wrk.root / "shoald.log").read_text()
 
 
+@pytest.mark.field("TaskSpec.Placement.Constraints", "TaskSpec.Placement.MaxReplicas", how="honoured")
 def test_constraint_enforcer_pause_binpack_and_max_per_node(pair, docker_engine):
     mgr, wrk = pair
     worker_id = json.loads(wrk.docker("info", "--format", "{{json .Swarm}}").stdout)["NodeID"]

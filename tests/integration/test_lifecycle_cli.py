@@ -127,6 +127,9 @@ def scenario_manual_rollback(shoald) -> None:
     assert svc["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["V=2"]
 
 
+@pytest.mark.field("ServiceSpec.UpdateConfig.FailureAction", "ServiceSpec.UpdateConfig.Monitor",
+                   "ServiceSpec.UpdateConfig.Order", "ServiceSpec.RollbackConfig.Monitor",
+                   "ServiceSpec.RollbackConfig.Parallelism", how="honoured")
 def test_failing_updates_and_rollbacks(shoald):
     scenarios = (scenario_pause, scenario_rollback, scenario_continue, scenario_start_first, scenario_manual_rollback)
     with ThreadPoolExecutor(len(scenarios)) as pool:
@@ -134,6 +137,8 @@ def test_failing_updates_and_rollbacks(shoald):
             f.result()
 
 
+@pytest.mark.field("ServiceSpec.Mode.ReplicatedJob.MaxConcurrent", "ServiceSpec.Mode.ReplicatedJob.TotalCompletions",
+                   how="honoured")
 def test_replicated_job_runs_to_completion_and_again_on_force(shoald):
     cp = shoald.docker("service", "create", "--name", "job3", "--mode", "replicated-job", "--replicas", "3",
                        "--max-concurrent", "2", BUSYBOX, "sh", "-c", "echo done", timeout=90)
@@ -156,6 +161,7 @@ def test_replicated_job_runs_to_completion_and_again_on_force(shoald):
     assert replicas(shoald, "job3") == "0/2 (3/3 completed)"
 
 
+@pytest.mark.field("ServiceSpec.Mode.GlobalJob", how="honoured")
 def test_failed_job_task_is_retried_and_global_job_runs_once_per_node(shoald):
     shoald.docker("service", "create", "-d", "--name", "flaky", "--mode", "replicated-job", "--restart-delay", "1s",
                   "--restart-max-attempts", "2", BUSYBOX, "sh", "-c", "exit 3")

@@ -124,6 +124,13 @@ def test_bad_input_is_refused_and_creates_nothing(shoald, tmp_path):
     assert {kind: names(shoald, kind) for kind in ("secrets", "configs", "services")} == before
 
 
+@pytest.mark.field("TaskSpec.ContainerSpec.Secrets.SecretID", "TaskSpec.ContainerSpec.Secrets.SecretName",
+                   "TaskSpec.ContainerSpec.Secrets.File.Name", "TaskSpec.ContainerSpec.Secrets.File.UID",
+                   "TaskSpec.ContainerSpec.Secrets.File.GID", "TaskSpec.ContainerSpec.Secrets.File.Mode",
+                   "TaskSpec.ContainerSpec.Configs.ConfigID", "TaskSpec.ContainerSpec.Configs.ConfigName",
+                   "TaskSpec.ContainerSpec.Configs.File.Name", "TaskSpec.ContainerSpec.Configs.File.UID",
+                   "TaskSpec.ContainerSpec.Configs.File.GID", "TaskSpec.ContainerSpec.Configs.File.Mode",
+                   how="honoured")
 def test_task_reads_its_secret_and_config_from_tmpfs(shoald, docker_engine, tmp_path):
     marker = "s3cr3t-" + base64.b32encode(os.urandom(10)).decode()
     (tmp_path / "s").write_text(marker)

@@ -57,6 +57,8 @@ def _docker_tty(shoald, *args: str, timeout: float = 120) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
+@pytest.mark.field("ServiceSpec.Name", "ServiceSpec.Mode.Replicated.Replicas", "ServiceSpec.TaskTemplate",
+                   "TaskSpec.ContainerSpec.Image", how="honoured")
 def test_create_four_replicas(shoald, docker_engine):
     out = _docker_tty(shoald, "service", "create", "--name", "web4", "--replicas", "4", IMAGE)
     lines = {part.strip() for part in re.split(r"[\r\n]+", out)}
@@ -88,6 +90,7 @@ def test_create_four_replicas(shoald, docker_engine):
     assert containers[0].id[:12] in answer
 
 
+@pytest.mark.field("TaskSpec.RestartPolicy.Delay", how="honoured")
 def test_killed_container_is_replaced_in_its_slot(shoald, docker_engine):
     shoald.docker("service", "create", "-d", "--name", "phoenix", "--replicas", "2",
                   "--restart-delay", "1s", IMAGE)
@@ -172,6 +175,7 @@ def test_scale_update_and_remove(shoald, docker_engine):
     assert shoald.docker("service", "ps", "scaly", check=False).returncode != 0
 
 
+@pytest.mark.field("ServiceSpec.Mode.Global", how="honoured")
 def test_global_mode_runs_one_task_on_the_node(shoald, docker_engine):
     shoald.docker("service", "create", "--name", "everywhere", "--mode", "global", IMAGE)
     assert len(running_containers(docker_engine, "everywhere")) == 1
@@ -182,6 +186,7 @@ def test_global_mode_runs_one_task_on_the_node(shoald, docker_engine):
     assert c.name.startswith(f"everywhere.{node_id}.")
 
 
+@pytest.mark.field("TaskSpec.RestartPolicy.Condition", how="honoured")
 def test_restart_condition_none_leaves_exited_task(shoald, docker_engine):
     shoald.docker("service", "create", "-d", "--name", "oneshot", "--restart-condition", "none",
                   "shoal/demo-busybox:latest", "sh", "-c", "sleep 1; exit 3")
@@ -198,6 +203,16 @@ def test_restart_condition_none_leaves_exited_task(shoald, docker_engine):
     assert "0/1" in shoald.docker("service", "ls", "--filter", "name=oneshot").stdout
 
 
+@pytest.mark.field("TaskSpec.ContainerSpec.Env", "TaskSpec.ContainerSpec.Dir", "TaskSpec.ContainerSpec.User",
+                   "TaskSpec.ContainerSpec.Hostname", "TaskSpec.ContainerSpec.Labels",
+                   "TaskSpec.ContainerSpec.StopSignal", "TaskSpec.ContainerSpec.StopGracePeriod",
+                   "TaskSpec.ContainerSpec.Args", "TaskSpec.ContainerSpec.ReadOnly",
+                   "TaskSpec.ContainerSpec.Init", "TaskSpec.ContainerSpec.CapabilityAdd",
+                   "TaskSpec.ContainerSpec.Sysctls", "TaskSpec.ContainerSpec.Ulimits.Name",
+                   "TaskSpec.ContainerSpec.Ulimits.Soft", "TaskSpec.ContainerSpec.Ulimits.Hard",
+                   "TaskSpec.ContainerSpec.HealthCheck", "HealthConfig.Test", "HealthConfig.Interval",
+                   "TaskSpec.ContainerSpec.Mounts", "Mount.Type", "Mount.Source", "Mount.Target",
+                   "Mount.VolumeOptions.NoCopy", how="honoured")
 def test_container_spec_reaches_the_container(shoald, docker_engine):
     shoald.docker(
         "service", "create", "--name", "specced", "--env", "A=b", "--workdir", "/tmp", "--user", "nobody",
@@ -217,11 +232,12 @@ def test_container_spec_reaches_the_container(shoald, docker_engine):
     assert host["ReadonlyRootfs"] and host["Init"]
     assert any(cap.endswith("NET_ADMIN") for cap in host["CapAdd"])
     assert host["Sysctls"] == {"net.ipv4.ip_forward": "1"}
-    assert host["Ulimits"][0]["Name"] == "nofile" and host["Ulimits"][0]["Hard"] == 2048
-    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"] and cfg["Healthcheck"]["Interval"] == 10**9
     mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
     assert mounts["/data"]["Name"] == "specced-vol" and mounts["/data"]["Type"] == "volume"
     assert mounts["/anon"]["Type"] == "volume"
+    assert next(m for m in host["Mounts"] if m["Target"] == "/anon")["VolumeOptions"]["NoCopy"] is True
     assert any(m["Target"] == "/scratch" and m["Type"] == "tmpfs" for m in host["Mounts"])
     assert docker_engine.volumes.get("specced-vol")
 
@@ -309,6 +325,8 @@ def test_proxy_streams_and_attaches(shoald, docker_engine):
         docker_engine.api.remove_container(name, force=True)
 
 
+@pytest.mark.field("EndpointSpec.Ports", "EndpointPortConfig.TargetPort", "EndpointPortConfig.PublishMode",
+                   how="honoured")
 def test_published_port_without_number_gets_one_from_the_range(shoald):
     shoald.docker("service", "create", "-d", "--name", "autoport", "--publish", "target=80", IMAGE)
     ports = json.loads(shoald.docker("service", "inspect", "autoport", "--format",

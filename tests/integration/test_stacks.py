@@ -238,6 +238,8 @@ def assert_stored_as_sent(shoald, tmp_path: Path, stack: str, text: str) -> dict
     return stored
 
 
+@pytest.mark.field("TaskSpec.Resources.Limits", "Limit.NanoCPUs", "Limit.MemoryBytes", "EndpointSpec.Mode",
+                   "EndpointPortConfig.PublishedPort", how="honoured")
 def test_deploy_keys_stored_as_sent_and_acted_on(shoald, tmp_path, docker_engine):
     stored = assert_stored_as_sent(shoald, tmp_path, "full", FULL)
     assert set(stored) == {"full_web", "full_db", "full_agent"}

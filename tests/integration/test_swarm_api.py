@@ -189,6 +189,7 @@ def test_service_rollback(shoald):
     d.docker("service", "rm", "rb")
 
 
+@pytest.mark.field("TaskSpec.ForceUpdate", how="honoured")
 @pytest.mark.parametrize("cli", [DOCKER_V28, DOCKER_V20], ids=["v28", "v20"])
 def test_service_update_force_replaces_tasks(shoald, cli):
     d = shoald

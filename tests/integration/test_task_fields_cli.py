@@ -192,7 +192,10 @@ def test_apparmor_is_refused(shoald):
 
 
 @pytest.mark.field("TaskSpec.ContainerSpec.Privileges.SELinuxContext.User",
-                   "TaskSpec.ContainerSpec.Privileges.SELinuxContext.Type", how="refused")
+                   "TaskSpec.ContainerSpec.Privileges.SELinuxContext.Type",
+                   "TaskSpec.ContainerSpec.Privileges.SELinuxContext.Role",
+                   "TaskSpec.ContainerSpec.Privileges.SELinuxContext.Level",
+                   "TaskSpec.ContainerSpec.Privileges.SELinuxContext.Disable", how="refused")
 def test_selinux_labels_are_refused(shoald):
     client = shoald.client()
     try:
@@ -203,10 +206,15 @@ def test_selinux_labels_are_refused(shoald):
         assert "Privileges.SELinuxContext cannot be honoured: SELinux is not enabled on shoal's nodes" in str(e.value)
     finally:
         client.close()
+    for field in ({"Role": "object_r"}, {"Level": "s0:c1"}, {"Disable": True}):  # each alone, by the API
+        status, body = create_by_api(shoald, "selinux", {"Privileges": {"SELinuxContext": field}})
+        assert status == 400 and "Privileges.SELinuxContext cannot be honoured" in body["message"], (field, body)
     assert "selinux" not in service_names(shoald)
 
 
-@pytest.mark.field("TaskSpec.ContainerSpec.Privileges.CredentialSpec.File", how="refused")
+@pytest.mark.field("TaskSpec.ContainerSpec.Privileges.CredentialSpec.File",
+                   "TaskSpec.ContainerSpec.Privileges.CredentialSpec.Registry",
+                   "TaskSpec.ContainerSpec.Privileges.CredentialSpec.Config", how="refused")
 def test_credential_specs_are_refused(shoald):
     for cli in (DOCKER_V28, DOCKER_V20):
         cp = shoald.docker("service", "create", "-d", "--name", "gmsa", "--credential-spec", "file://spec.json",
@@ -215,6 +223,9 @@ def test_credential_specs_are_refused(shoald):
         assert cp.stderr.strip() == ("Error response from daemon: rpc error: code = InvalidArgument desc = "
                                      "Privileges.CredentialSpec cannot be honoured: credential specs are for "
                                      "Windows containers (gMSA) and shoal's nodes run Linux")
+    for field in ({"Registry": "gmsa-spec"}, {"Config": "0bt9dmxjvjiqermk6xrop3ekq"}):  # by the API
+        status, body = create_by_api(shoald, "gmsa", {"Privileges": {"CredentialSpec": field}})
+        assert status == 400 and "Privileges.CredentialSpec cannot be honoured" in body["message"], (field, body)
     assert "gmsa" not in service_names(shoald)
 
 

@@ -132,6 +132,7 @@ def test_id_filter_is_a_prefix(shoald, cluster):
     assert [r["ID"] for r in rows] == [a["ID"]]
 
 
+@pytest.mark.field("ServiceSpec.Labels", how="honoured")
 def test_label_filter_matches_the_services_labels(shoald, cluster):
     web = _ids(cluster["web_tasks"])
     assert _ids(_tasks(shoald, {"label": ["tier"]})) == web

@@ -220,3 +220,35 @@ async def test_agent_sends_its_description_again_only_when_it_changed(objs: Coun
     finally:
         await agent.close()
         await manager.server.stop()
+
+
+class FakeEngine:
+    """``GET /info`` of an engine whose network drivers come and go with its networks."""
+
+    def __init__(self) -> None:
+        self.networks = ["bridge", "host", "null"]
+
+    async def get_json(self, path: str) -> dict:
+        assert path == "/info"
+        return {"Name": "h1", "Architecture": "x86_64", "OSType": "linux", "NCPU": 2, "MemTotal": 1 << 30,
+                "ServerVersion": "20.10.24", "Labels": ["zone=a", "bare"],
+                "Plugins": {"Volume": ["local"], "Network": list(self.networks), "Authorization": None,
+                            "Log": ["json-file", "local"]}}
+
+
+async def test_description_does_not_change_when_the_engine_lists_shoals_driver(tmp_path):
+    """The engine names shoal's network driver in /info only while one of its networks exists: the node's
+    description lists it (and overlay, as Docker's executor does) all along, so the node object does not
+    change under a client's inspect-then-update when the first task network is made or the last removed."""
+    from shoal.node.describe import describe
+
+    engine, tls = FakeEngine(), NodeTLS(tmp_path / "certificates")
+    before = await describe(engine, tls)  # type: ignore[arg-type]
+    engine.networks.append("shoal")
+    assert await describe(engine, tls) == before  # type: ignore[arg-type]
+    assert before["Engine"]["Plugins"] == [
+        {"Type": "Log", "Name": "json-file"}, {"Type": "Log", "Name": "local"},
+        {"Type": "Network", "Name": "bridge"}, {"Type": "Network", "Name": "host"},
+        {"Type": "Network", "Name": "null"}, {"Type": "Network", "Name": "overlay"},
+        {"Type": "Network", "Name": "shoal"}, {"Type": "Volume", "Name": "local"}]
+    assert before["Engine"]["Labels"] == {"zone": "a"}  # "bare" has no "=": Docker skips it

@@ -38,6 +38,9 @@ EXTRA_STATUS = {  # status codes Docker's daemon gives that the swagger does not
     "GET /distribution/{name}/json": {"400", "403", "404"},
 }
 INT_FORMATS = {"int64", "uint64", "uint32"}
+# Where the swagger's name is not the JSON name of moby's Go type, which is what dockerd decodes (case-
+# insensitively) and answers with: shoal documents (and decodes to) the Go type's name.
+GO_NAMES = {"HealthCheck": "Healthcheck"}  # swarm.ContainerSpec.Healthcheck
 
 
 def ours(schema: dict) -> dict:
@@ -80,7 +83,7 @@ def compare(name: str, where: str, moby: dict, mine: dict, problems: list[str], 
         extra = set(mine.get("enum", [])) - set(moby["enum"]) - EXTRA_ENUM.get((name, where), set())
         if missing or extra:
             problems.append(f"{label}: enum misses {sorted(missing)}, adds {sorted(extra)}")
-    props = moby.get("properties") or {}
+    props = {GO_NAMES.get(k, k): v for k, v in (moby.get("properties") or {}).items()}
     if props:
         mine_props = mine.get("properties") or {}
         missing = set(props) - set(mine_props)

@@ -7,6 +7,7 @@ import base64
 
 import pytest
 
+from shoal.api.decode import decode
 from shoal.manager.ca import make_root_ca
 from shoal.manager.secrets import Sealer, SealError, check_refs, data_key, needed, payload, reveal, users_of
 from shoal.model.errors import APIError
@@ -89,7 +90,7 @@ def test_name_required_and_valid_names():
 
 def test_data_of_the_wrong_type():
     with pytest.raises(APIError) as e:
-        validate_spec("secrets", {"Name": "x", "Data": 5})
+        decode({"Name": "x", "Data": 5}, "SecretSpec")
     assert message(e) == (400, "invalid JSON: json: cannot unmarshal number into Go struct field SecretSpec.Data "
                                "of type []uint8")
 
@@ -203,13 +204,13 @@ async def test_refs_users_and_payloads():
 
 def test_empty_bodies_read_as_empty_specs():
     with pytest.raises(APIError) as e:
-        validate_spec("secrets", None)
+        validate_spec("secrets", decode(None, "SecretSpec"))
     assert message(e) == (400, "rpc error: code = InvalidArgument desc = name must be provided")
     with pytest.raises(APIError) as e:
-        check_update({"Spec": {"Name": "c"}}, read_update("configs", None), b"x")
+        check_update({"Spec": {"Name": "c"}}, read_update("configs", decode(None, "ConfigSpec")), b"x")
     assert message(e) == (400, "rpc error: code = InvalidArgument desc = only updates to Labels are allowed")
     with pytest.raises(APIError) as e:
-        validate_spec("configs", [1])
+        decode([1], "ConfigSpec")
     assert message(e) == (400, "invalid JSON: json: cannot unmarshal array into Go value of type swarm.ConfigSpec")
 
 
@@ -246,8 +247,9 @@ def test_unsupported_templates_are_refused(text):
 def test_wrongly_typed_fields_are_bad_requests():
     for body in ({"Name": "x", "Data": "eA==", "Templating": 5}, {"Name": "x", "Data": "eA==", "Labels": ["a"]}):
         with pytest.raises(APIError) as e:
-            validate_spec("configs", body)
+            decode(body, "ConfigSpec")
         assert e.value.status == 400 and e.value.message.startswith("invalid JSON: json: cannot unmarshal")
     with pytest.raises(APIError) as e:
-        validate_refs(service_spec([{"SecretID": "1", "SecretName": "a", "File": {"Name": 5}}]))
-    assert e.value.status == 400
+        decode(service_spec([{"SecretID": "1", "SecretName": "a", "File": {"Name": 5}}]), "ServiceSpec")
+    assert e.value.message == ("invalid JSON: json: cannot unmarshal number into Go struct field "
+                               "SecretReferenceFileTarget.TaskTemplate.ContainerSpec.Secrets.File.Name of type string")

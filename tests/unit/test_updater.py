@@ -249,6 +249,7 @@ async def test_failure_action_continue_replaces_every_slot() -> None:
     await sim.stop()
 
 
+@pytest.mark.field("ServiceSpec.UpdateConfig.MaxFailureRatio", how="honoured")
 async def test_max_failure_ratio_tolerates_that_share_of_failed_slots() -> None:
     sim = await started()
     sid = await service_of_three(sim, update={"Monitor": 2 * SECOND, "MaxFailureRatio": 0.4})
@@ -290,6 +291,7 @@ async def test_start_first_starts_the_new_task_before_stopping_the_old() -> None
 
 # ---- pace: Parallelism, Delay, Monitor, health --------------------------------------------------
 
+@pytest.mark.field("ServiceSpec.UpdateConfig.Parallelism", how="honoured")
 async def test_parallelism_zero_replaces_every_slot_at_once() -> None:
     sim = await started()
     sid = await service_of_three(sim, update={"Parallelism": 0, "Monitor": SECOND})
@@ -300,6 +302,7 @@ async def test_parallelism_zero_replaces_every_slot_at_once() -> None:
     await sim.stop()
 
 
+@pytest.mark.field("ServiceSpec.UpdateConfig.Delay", "ServiceSpec.UpdateConfig.Monitor", how="honoured")
 async def test_delay_waits_between_slots_and_monitor_before_completing() -> None:
     sim = await started()
     sid = await service_of_three(sim, update={"Delay": 4 * SECOND, "Monitor": 2 * SECOND})
@@ -353,6 +356,7 @@ async def test_a_task_counts_as_updated_once_healthy() -> None:
 
 # ---- rollback ------------------------------------------------------------------------------------
 
+@pytest.mark.field("ServiceSpec.RollbackConfig.Parallelism", "ServiceSpec.RollbackConfig.Monitor", how="honoured")
 async def test_manual_rollback_uses_the_rollback_config() -> None:
     sim = await started()
     sid = await service_of_three(sim, update={"Monitor": SECOND}, rollback={"Parallelism": 0, "Monitor": SECOND})
@@ -367,6 +371,7 @@ async def test_manual_rollback_uses_the_rollback_config() -> None:
     await sim.stop()
 
 
+@pytest.mark.field("ServiceSpec.RollbackConfig.FailureAction", how="honoured")
 @pytest.mark.parametrize(("action", "said"), [("pause", "update paused"), ("rollback", "rollback paused")])
 async def test_a_failing_rollback_pauses_whatever_its_failure_action(action: str, said: str) -> None:
     sim = await started()
@@ -379,6 +384,67 @@ async def test_a_failing_rollback_pauses_whatever_its_failure_action(action: str
     await sim.until(lambda: sim.status(sid)[0] == "rollback_paused", "rollback paused")
     assert sim.status(sid)[1].startswith(f"{said} due to failure or early termination of task ")
     assert len(sim.running(sid, GOOD)) == 2
+    await sim.stop()
+
+
+async def rolled_back_to_good(sim: Sim, rollback: dict) -> str:
+    """A service of three updated to NEWER, then rolled back (to GOOD) by hand with ``rollback``."""
+    sid = await service_of_three(sim, update={"Parallelism": 0, "Monitor": SECOND}, rollback=rollback)
+    await sim.set_image(sid, NEWER)
+    await sim.until(lambda: sim.status(sid)[0] == "completed", "completed")
+    await sim.update(sid, lambda spec: None, rollback=True)
+    return sid
+
+
+@pytest.mark.field("ServiceSpec.RollbackConfig.Delay", how="honoured")
+async def test_rollback_waits_its_own_delay_between_slots() -> None:
+    sim = await started()
+    sid = await rolled_back_to_good(sim, {"Delay": 4 * SECOND, "Monitor": SECOND})
+    made: dict[str, float] = {}
+    while sim.status(sid)[0] != "rollback_completed":
+        for t in sim.tasks(sid):
+            made.setdefault(t["ID"], sim.clock.t)
+        assert sim.clock.t < 60, sim.dump()
+        await sim.step()
+    back = sorted(v for k, v in made.items()
+                  if sim.objs.get("tasks", k)["Spec"]["ContainerSpec"]["Image"] == GOOD and v > 0)
+    back = back[-3:]  # the tasks the rollback made
+    assert back[1] - back[0] >= 4 and back[2] - back[1] >= 4, back
+    await sim.stop()
+
+
+@pytest.mark.field("ServiceSpec.RollbackConfig.Order", how="honoured")
+async def test_rollback_start_first_keeps_every_slot_running() -> None:
+    sim = await started()
+    sid = await rolled_back_to_good(sim, {"Order": "start-first", "Monitor": SECOND})
+    most = 0
+    while sim.status(sid)[0] != "rollback_completed":
+        most = max(most, len(sim.running(sid)))
+        assert len(sim.running(sid)) >= 3, sim.dump()  # the NEWER task runs until its GOOD one does
+        assert sim.clock.t < 30, sim.dump()
+        await sim.step()
+    assert most == 4 and len(sim.running(sid, GOOD)) == 3
+    await sim.stop()
+
+
+@pytest.mark.field("ServiceSpec.RollbackConfig.MaxFailureRatio", how="honoured")
+@pytest.mark.parametrize(("ratio", "paused"), [(0, True), (0.5, False)])
+async def test_rollback_tolerates_its_own_max_failure_ratio(ratio: float, paused: bool) -> None:
+    """A rollback to an image that fails on one of three slots: paused at ratio 0, completed at 0.5."""
+    sim = await started()
+    sid = await service_of_three(sim, update={"Parallelism": 0, "Monitor": SECOND},
+                                 rollback={"Monitor": 2 * SECOND, "MaxFailureRatio": ratio,
+                                           "FailureAction": "pause"})
+    await sim.set_image(sid, NEWER)
+    await sim.until(lambda: sim.status(sid)[0] == "completed", "completed")
+    await sim.update(sid, lambda spec: None, rollback=True)
+    await sim.until(lambda: any(t["Spec"]["ContainerSpec"]["Image"] == GOOD and t["DesiredState"] == states.RUNNING
+                                for t in sim.tasks(sid) if t["Status"]["State"] == states.RUNNING), "one back")
+    first = next(t for t in sim.running(sid, GOOD))
+    sim.exits[first["ID"]] = 1  # fails within the rollback's Monitor
+    want = "rollback_paused" if paused else "rollback_completed"
+    await sim.until(lambda: sim.status(sid)[0] in ("rollback_paused", "rollback_completed"), "the rollback ends")
+    assert sim.status(sid)[0] == want, sim.status(sid)
     await sim.stop()
 
 

@@ -15,6 +15,7 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
+from shoal.api.query import bool_value
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, route
 from shoal.model.errors import APIError, BadRequest
@@ -26,7 +27,7 @@ RAW = "application/vnd.docker.raw-stream"
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    return request.rel_url.query.get(name, "") in ("1", "true", "True")
+    return bool_value(request.rel_url.query, name)
 
 
 def details(line: LogLine, node_id: str, service_id: str) -> str:

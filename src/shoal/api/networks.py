@@ -10,11 +10,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import parse_bool
 from shoal.api.server import Ctx, forward, json_response, read_json, route
 from shoal.control import ManagerControl
 from shoal.model import labels
-from shoal.model.errors import NotFound
+from shoal.model.errors import BadRequest, NotFound
 from shoal.model.network import name_conflict, resource, spec_from_request
 
 FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
@@ -66,15 +68,35 @@ async def engine_network(ctx: Ctx, ref: str) -> dict | None:
         return await resp.json() if resp.status == 200 else None
 
 
+def _dangling(f: dict[str, list[str]]) -> bool | None:
+    """The ``dangling`` filter as moby reads it: None when not asked for."""
+    values = f.get("dangling")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest('got more than one value for filter key "dangling"')
+    if values[0] not in ("0", "false", "1", "true"):
+        raise BadRequest("invalid value for filter 'dangling', must be \"true\" (or \"1\"), or \"false\" (or \"0\")")
+    return values[0] in ("1", "true")
+
+
 @route("GET", "/networks", manager=False)
 async def list_networks(ctx: Ctx, request: web.Request) -> web.Response:
-    local = await ctx.proxy.get_json("/networks")
     f = parse_filters(request.rel_url.query.get("filters"), FILTERS)
+    dangling = _dangling(f)
+    # the engine says which of its own networks are in use
+    query = "" if dangling is None else "?filters=" + quote(json.dumps({"dangling": f["dangling"]}))
+    local = await ctx.proxy.get_json(f"/networks{query}")
     out = [n for n in local if n.get("Driver") != labels.PLUGIN_DRIVER]
     manager = _manager(ctx)
     if manager is not None:
-        out += [resource(n) for n in manager.objects.list("networks")]
-    else:
+        swarm = manager.objects.list("networks")
+        if dangling is not None:  # a swarm network is in use while a service is on it; ingress always is
+            used = {n.get("Target") for s in manager.objects.list("services")
+                    for n in (s["Spec"].get("TaskTemplate") or {}).get("Networks") or []}
+            swarm = [n for n in swarm if (not n["Spec"].get("Ingress") and n["ID"] not in used) == dangling]
+        out += [resource(n) for n in swarm]
+    elif not dangling:  # a worker lists the swarm networks its tasks are on: in use
         out += worker_networks(ctx)
 
     def keep(n: dict) -> bool:
@@ -99,11 +121,17 @@ async def list_networks(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("GET", "/networks/{ref}", manager=False)
 async def inspect_network(ctx: Ctx, request: web.Request, ref: str) -> web.StreamResponse:
+    # verbose: a swarm network's inspect has nothing more to show (as Docker's manager answers for a
+    # network with no container on this node); the engine answers it for its own networks
+    parse_bool(request.rel_url.query, "verbose")
+    scope = request.rel_url.query.get("scope", "")
     net = find_swarm_network(ctx, ref)
-    if net is not None:
+    # moby: a swarm network is found by a prefix of its ID whatever the scope, by its name only when no
+    # scope or "swarm" is asked for
+    if net is not None and (scope in ("", "swarm") or net["ID"].startswith(ref)):
         return json_response(resource(net))
     found = find_worker_network(ctx, ref)
-    if found is not None:
+    if found is not None and (scope in ("", "swarm") or found["Id"].startswith(ref)):
         return json_response(found)
     local = await engine_network(ctx, ref)
     if local is not None and local.get("Driver") == labels.PLUGIN_DRIVER:
@@ -114,9 +142,9 @@ async def inspect_network(ctx: Ctx, request: web.Request, ref: str) -> web.Strea
 
 @route("POST", "/networks/create", manager=False)
 async def create_network(ctx: Ctx, request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    if not isinstance(body, dict) or body.get("Driver") != "overlay":
-        return await ctx.proxy.forward_body(request, json.dumps(body).encode() if body is not None else b"")
+    body = decode(await read_json(request), "NetworkCreateRequest")
+    if body.get("Driver") != "overlay":  # the engine's own network: the request as it came
+        return await ctx.proxy.forward_body(request, await request.read())
     manager = ctx.manager
     if not manager.is_leader:
         return await forward(manager, request)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import bool_value
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.model.errors import BadRequest, InvalidArgument
 
 FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
+INTERNAL = ("Attachments",)  # the node's own network addresses: swarmkit keeps them, Docker's API does not show them
+
+
+def node_view(node: dict) -> dict:
+    """The node as Docker answers it."""
+    return complete({k: v for k, v in node.items() if k not in INTERNAL}, "Node")
 
 
 @route("GET", "/nodes")
@@ -30,29 +39,27 @@ async def list_nodes(ctx: Ctx, request: web.Request) -> web.Response:
             continue
         if "node.label" in f and not match_labels(spec.get("Labels") or {}, f["node.label"]):
             continue
-        out.append(n)
+        out.append(node_view(n))
     out.sort(key=lambda n: ((n.get("Description") or {}).get("Hostname", ""), n["ID"]))
     return json_response(out)
 
 
 @route("GET", "/nodes/{ref}")
 async def inspect_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
-    return json_response(resolve(ctx.manager.objects, "nodes", ref))
+    return json_response(node_view(resolve(ctx.manager.objects, "nodes", ref)))
 
 
 @route("POST", "/nodes/{ref}/update")
 async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     node = resolve(manager.objects, "nodes", ref)
+    spec = decode(await read_json(request), "NodeSpec")
     raw = request.rel_url.query.get("version", "")
     try:
         version = int(raw)
     except ValueError:
         raise BadRequest(f"invalid node version '{raw}': strconv.ParseUint: parsing \"{raw}\": "
                          "invalid syntax") from None
-    spec = await read_json(request)
-    if not isinstance(spec, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.NodeSpec")
     role = spec.get("Role") or node["Spec"].get("Role")
     avail = spec.get("Availability") or node["Spec"].get("Availability")
     if role not in ("worker", "manager"):
@@ -60,8 +67,6 @@ async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     if avail not in ("active", "pause", "drain"):
         raise InvalidArgument(f"invalid Availability: {avail!r}")
     labels = spec.get("Labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise BadRequest("json: cannot unmarshal into Go struct field NodeSpec.Labels of type string")
     new = {**{k: v for k, v in spec.items() if k in ("Name",)}, "Labels": labels, "Role": role,
            "Availability": avail}
     await manager.update_node(node, version, new)
@@ -72,5 +77,5 @@ async def update_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
 async def remove_node(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     node = resolve(manager.objects, "nodes", ref)
-    await manager.remove_node(node, force=request.rel_url.query.get("force") in ("1", "true", "True"))
+    await manager.remove_node(node, force=bool_value(request.rel_url.query, "force"))
     return web.Response(status=200)

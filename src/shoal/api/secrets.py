@@ -10,6 +10,7 @@ import copy
 
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
@@ -17,6 +18,7 @@ from shoal.model.errors import BadRequest
 from shoal.model.secrets import SINGULAR, Kind, check_update, read_update, validate_spec
 
 FILTERS = {"id", "name", "names", "label"}
+SCHEMA = {"secrets": "SecretSpec", "configs": "ConfigSpec"}
 
 
 def view(kind: str, obj: dict) -> dict:
@@ -36,7 +38,7 @@ def _version(request: web.Request, kind: Kind) -> int:
 
 
 async def _create(ctx: Ctx, request: web.Request, kind: Kind) -> web.Response:
-    spec, data = validate_spec(kind, await read_json(request))
+    spec, data = validate_spec(kind, decode(await read_json(request), SCHEMA[kind]))
     return json_response({"ID": await ctx.manager.create_secret(kind, spec, data)}, 201)
 
 
@@ -59,7 +61,7 @@ async def _list(ctx: Ctx, request: web.Request, kind: Kind) -> web.Response:
 
 async def _update(ctx: Ctx, request: web.Request, kind: Kind, ref: str) -> web.Response:
     # moby's order: decode the body, parse the version, find the object, then swarmkit's checks
-    update = read_update(kind, await read_json(request))
+    update = read_update(kind, decode(await read_json(request), SCHEMA[kind]))
     version = _version(request, kind)
     manager = ctx.manager
     obj = resolve(manager.objects, kind, ref)

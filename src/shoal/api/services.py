@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 from aiohttp import web
 
+from shoal.api.decode import decode
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
+from shoal.api.query import parse_bool
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.control import Objects
 from shoal.model import states
 from shoal.model.errors import BadRequest, FailedPrecondition
@@ -18,15 +19,15 @@ FILTERS = {"id", "name", "label", "mode"}
 
 
 def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status: bool = False) -> dict:
-    out = copy.deepcopy({k: v for k, v in svc.items() if k not in INTERNAL_SERVICE_FIELDS})
+    """The service as Docker answers it: every field Docker always returns there, none of shoal's own."""
+    out = {k: v for k, v in svc.items() if k not in INTERNAL_SERVICE_FIELDS}
     if insert_defaults:
         out["Spec"] = with_defaults(out["Spec"])
         if out.get("PreviousSpec"):
             out["PreviousSpec"] = with_defaults(out["PreviousSpec"])
-    out.setdefault("Endpoint", {"Spec": {}})
     if status:
         out["ServiceStatus"] = service_status(objs, svc)
-    return out
+    return complete(out, "Service")
 
 
 def service_status(objs: Objects, svc: dict) -> dict:
@@ -75,7 +76,8 @@ async def list_services(ctx: Ctx, request: web.Request) -> web.Response:
     for m in f.get("mode", []):
         if m not in ("replicated", "global", "replicated-job", "global-job"):
             raise BadRequest(f"Invalid filter: 'mode'='{m}'")
-    status = request.rel_url.query.get("status") in ("1", "true", "True")
+    # `status` came with API 1.41: older clients' is ignored, as moby does
+    status = request["api_version"] >= (1, 41) and parse_bool(request.rel_url.query, "status")
     objs = ctx.manager.objects
     out = []
     for svc in objs.list("services"):
@@ -96,7 +98,7 @@ async def list_services(ctx: Ctx, request: web.Request) -> web.Response:
 @route("GET", "/services/{ref}")
 async def inspect_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     objs = ctx.manager.objects
-    insert = request.rel_url.query.get("insertDefaults") in ("1", "true", "True")
+    insert = parse_bool(request.rel_url.query, "insertDefaults")
     return json_response(service_view(objs, resolve(objs, "services", ref), insert_defaults=insert))
 
 
@@ -107,7 +109,7 @@ def registry_auth(request: web.Request) -> str:
 
 @route("POST", "/services/create")
 async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
-    spec = validate_spec(await read_json(request))
+    spec = validate_spec(decode(await read_json(request), "ServiceSpec"))
     sid = await ctx.manager.create_service(spec, registry_auth(request))
     return json_response({"ID": sid, "Warnings": None}, 201)
 
@@ -116,18 +118,21 @@ async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
 async def update_service(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
     manager = ctx.manager
     svc = resolve(manager.objects, "services", ref)
+    body = decode(await read_json(request), "ServiceSpec")
     version = _version(request)
-    body = await read_json(request)
-    rollback = request.rel_url.query.get("rollback") == "previous"
+    q = request.rel_url.query
+    auth_from = q.get("registryAuthFrom", "")
+    if auth_from not in ("", "spec", "previous-spec"):  # moby answers these with a 500
+        raise BadRequest("unsupported registryAuthFrom value")
+    if auth_from == "previous-spec" and not svc.get("PreviousSpec"):
+        raise BadRequest("service does not have a previous spec")
+    if q.get("rollback", "") not in ("", "none", "previous"):
+        raise BadRequest(f"unrecognized rollback option {q['rollback']}")
+    rollback = q.get("rollback") == "previous"
     if rollback:
         if not svc.get("PreviousSpec"):
             raise FailedPrecondition(f"service {svc['ID']} does not have a previous spec")
         body = svc["PreviousSpec"]
-    auth_from = request.rel_url.query.get("registryAuthFrom", "")
-    if auth_from not in ("", "spec", "previous-spec"):  # moby answers this with a 500
-        raise BadRequest("unsupported registryAuthFrom value")
-    if auth_from == "previous-spec" and not svc.get("PreviousSpec"):
-        raise BadRequest("service does not have a previous spec")
     await manager.update_service(svc, version, validate_spec(body), rollback, registry_auth(request),
                                  previous_auth=auth_from == "previous-spec")
     return json_response({"Warnings": None})

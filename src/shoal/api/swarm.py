@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shoal.api.decode import decode
+from shoal.api.query import bool_value, parse_bool
 from shoal.api.server import Ctx, json_response, read_json, route
+from shoal.api.shape import complete
 from shoal.model.errors import APIError, BadRequest
-
-TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
-
-
-def _flag(query, name: str) -> bool:
-    """A boolean query parameter as Go's strconv.ParseBool reads it (absent: false)."""
-    value = query.get(name, "")
-    if value in TRUE:
-        return True
-    if value in FALSE or value == "":
-        return False
-    raise BadRequest(f"invalid value for {name}: {value}")
 
 
 def _refuse_ca_rotation(current: dict, spec: dict) -> None:
@@ -31,22 +22,18 @@ def _refuse_ca_rotation(current: dict, spec: dict) -> None:
 
 @route("POST", "/swarm/init", manager=False)
 async def init(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request) or {}
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.InitRequest")
+    body = decode(await read_json(request), "SwarmInitRequest")
     return json_response(await ctx.control.init_swarm(body))
 
 
 @route("GET", "/swarm")
 async def inspect(ctx: Ctx, request: web.Request) -> web.Response:
-    return json_response(ctx.manager.cluster(with_tokens=True))
+    return json_response(complete(ctx.manager.cluster(with_tokens=True), "Swarm"))
 
 
 @route("POST", "/swarm/update")
 async def update(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.Spec")
+    body = decode(await read_json(request), "SwarmSpec")
     q = request.rel_url.query
     if "version" not in q:
         raise BadRequest("invalid swarm version '': strconv.ParseUint: parsing \"\": invalid syntax")
@@ -56,9 +43,9 @@ async def update(ctx: Ctx, request: web.Request) -> web.Response:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
     manager = ctx.manager
     _refuse_ca_rotation(manager.cluster(), body)
-    await manager.update_swarm(body, version, rotate_worker=_flag(q, "rotateWorkerToken"),
-                               rotate_manager=_flag(q, "rotateManagerToken"),
-                               rotate_unlock=_flag(q, "rotateManagerUnlockKey"))
+    await manager.update_swarm(body, version, rotate_worker=parse_bool(q, "rotateWorkerToken", detail=False),
+                               rotate_manager=parse_bool(q, "rotateManagerToken", detail=False),
+                               rotate_unlock=parse_bool(q, "rotateManagerUnlockKey", detail=False))
     return web.Response(status=200)
 
 
@@ -69,23 +56,19 @@ async def unlock_key(ctx: Ctx, request: web.Request) -> web.Response:
 
 @route("POST", "/swarm/unlock", manager=False)
 async def unlock(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.UnlockRequest")
+    body = decode(await read_json(request), "SwarmUnlockRequest")
     await ctx.control.unlock_swarm(body.get("UnlockKey") or "")
     return web.Response(status=200)
 
 
 @route("POST", "/swarm/leave", manager=False)
 async def leave(ctx: Ctx, request: web.Request) -> web.Response:
-    await ctx.control.leave_swarm(request.rel_url.query.get("force") in ("1", "true", "True"))
+    await ctx.control.leave_swarm(bool_value(request.rel_url.query, "force"))
     return web.Response(status=200)
 
 
 @route("POST", "/swarm/join", manager=False)
 async def join(ctx: Ctx, request: web.Request) -> web.Response:
-    body = await read_json(request) or {}
-    if not isinstance(body, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.JoinRequest")
+    body = decode(await read_json(request), "SwarmJoinRequest")
     await ctx.control.join_swarm(body)
     return web.Response(status=200)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shoal.api.server import MAX_API, Ctx, json_response, route
+from shoal.api.shape import complete
 
 
 def _api_version(ctx: Ctx) -> str:
@@ -40,5 +41,5 @@ async def version(ctx: Ctx, request: web.Request) -> web.Response:
 @route("GET", "/info", manager=False)
 async def info(ctx: Ctx, request: web.Request) -> web.Response:
     data = await ctx.proxy.get_json("/info")
-    data["Swarm"] = ctx.control.swarm_info()
+    data["Swarm"] = complete(ctx.control.swarm_info(), "SwarmInfo")
     return json_response(data)

@@ -7,6 +7,7 @@ from aiohttp import web
 from shoal.api.filters import match_any_prefix, match_labels, parse_filters
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, json_response, route
+from shoal.api.shape import complete
 from shoal.model import states
 from shoal.model.errors import BadRequest
 from shoal.model.task import is_dirty, public, task_name
@@ -58,11 +59,11 @@ async def list_tasks(ctx: Ctx, request: web.Request) -> web.Response:
             svc = objs.get("services", t["ServiceID"])
             if svc is None or is_dirty(svc, t):
                 continue
-        out.append(public(t))
+        out.append(complete(public(t), "Task"))
     out.sort(key=lambda t: (t.get("CreatedAt", ""), t["ID"]))
     return json_response(out)
 
 
 @route("GET", "/tasks/{ref}")
 async def inspect_task(ctx: Ctx, request: web.Request, ref: str) -> web.Response:
-    return json_response(public(resolve(ctx.manager.objects, "tasks", ref)))
+    return json_response(complete(public(resolve(ctx.manager.objects, "tasks", ref)), "Task"))

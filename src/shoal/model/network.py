@@ -13,58 +13,12 @@ INGRESS_NAME = "ingress"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
-_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "Name": (str, "string"), "Driver": (str, "string"), "Scope": (str, "string"),
-    "Internal": (bool, "bool"), "Attachable": (bool, "bool"), "Ingress": (bool, "bool"),
-    "ConfigOnly": (bool, "bool"), "EnableIPv4": (bool, "bool"), "EnableIPv6": (bool, "bool"),
-    "IPAM": (dict, "network.IPAM"), "ConfigFrom": (dict, "network.ConfigReference"),
-    "Options": (dict, "map[string]string"), "Labels": (dict, "map[string]string"),
-}
-
-
-def _json_type(v: object) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    return {dict: "object", list: "array", str: "string"}.get(type(v), "number")
-
-
-def _unmarshal_error(v: object, where: str, go_type: str) -> BadRequest:
-    """What Go's JSON decoder says when a field has the wrong type (dockerd answers 400 with it)."""
-    return BadRequest(f"json: cannot unmarshal {_json_type(v)} into Go struct field {where} of type {go_type}")
-
-
-def _check_types(req: dict) -> None:
-    for key, (want, go_type) in _FIELDS.items():
-        v = req.get(key)
-        if v is not None and (not isinstance(v, want) or (want is not bool and isinstance(v, bool))):
-            raise _unmarshal_error(v, f"NetworkCreateRequest.{key}", go_type)
-    for key in ("Options", "Labels"):
-        for v in (req.get(key) or {}).values():
-            if not isinstance(v, str):
-                raise _unmarshal_error(v, f"NetworkCreateRequest.{key}", "string")
-    ipam = req.get("IPAM") or {}
-    for key, go_type in (("Driver", "string"), ("Config", "[]network.IPAMConfig"), ("Options", "map[string]string")):
-        v = ipam.get(key)
-        want = list if key == "Config" else dict if key == "Options" else str
-        if v is not None and not isinstance(v, want):
-            raise _unmarshal_error(v, f"IPAM.{key}", go_type)
-    for cfg in ipam.get("Config") or []:
-        if not isinstance(cfg, dict):
-            raise _unmarshal_error(cfg, "IPAM.Config", "network.IPAMConfig")
-        for key in ("Subnet", "IPRange", "Gateway"):
-            v = cfg.get(key)
-            if v is not None and not isinstance(v, str):
-                raise _unmarshal_error(v, f"IPAMConfig.{key}", "string")
-
-
-def spec_from_request(req: object) -> dict:
-    """A network spec from ``POST /networks/create`` for the overlay driver."""
-    if not isinstance(req, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type types.NetworkCreateRequest")
-    _check_types(req)
+def spec_from_request(req: dict) -> dict:
+    """A network spec from ``POST /networks/create`` for the overlay driver (the request canonical, as
+    shoal.api.decode makes it)."""
     name = req.get("Name") or ""
-    if not isinstance(name, str) or not name:
-        raise BadRequest("network name is required") if not name else BadRequest("invalid network name")
+    if not name:
+        raise BadRequest("network name is required")
     if not _NAME_RE.match(name):
         raise BadRequest(f'invalid name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
     if req.get("EnableIPv6"):
@@ -97,12 +51,9 @@ def spec_from_request(req: object) -> dict:
         configs.append(out)
     if len(configs) > 1:
         raise InvalidArgument("shoal's overlay networks take a single subnet")
-    labels = req.get("Labels") or {}
-    if not isinstance(labels, dict):
-        raise BadRequest("json: cannot unmarshal into Go struct field NetworkCreateRequest.Labels")
     return {
         "Name": name,
-        "Labels": labels,
+        "Labels": dict(req.get("Labels") or {}),
         "DriverConfiguration": {"Name": "overlay", "Options": dict(req.get("Options") or {})},
         "IPAMOptions": {"Driver": {"Name": (ipam.get("Driver") or "default"),
                                    "Options": ipam.get("Options") or {}}, "Configs": configs},

@@ -75,20 +75,6 @@ def _bad_base64(offset: int) -> BadRequest:
     return BadRequest(f"invalid JSON: illegal base64 data at input byte {offset}")
 
 
-def _go_type(value: Any) -> str:
-    return {bool: "bool", int: "number", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), "value")
-
-
-def _labels(value: Any, struct: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(value)} into Go struct field "
-                         f"{struct}.Labels of type map[string]string")
-    return dict(value)
-
-
 def validate_name(name: Any) -> str:
     if not name:
         raise InvalidArgument("name must be provided")
@@ -98,49 +84,29 @@ def validate_name(name: Any) -> str:
     return name
 
 
-def _decode_body(kind: Kind, body: Any) -> tuple[str, dict, str | None]:
-    """Go's JSON decoding of a spec body: (struct name, the body as a dict, its base64 ``Data`` or None)."""
-    struct = "SecretSpec" if kind == "secrets" else "ConfigSpec"
-    body = {} if body is None else body  # no body (or null) decodes to an empty spec, as in Go
-    if not isinstance(body, dict):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(body)} into Go value of type "
-                         f"swarm.{struct}")
-    raw = body.get("Data")
-    if raw is not None and not isinstance(raw, str):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(raw)} into Go struct field "
-                         f"{struct}.Data of type []uint8")
-    return struct, body, raw
-
-
-def validate_spec(kind: Kind, body: Any) -> tuple[dict, bytes]:
-    """A SecretSpec or ConfigSpec from a create request: (spec without ``Data``, the decoded data)."""
-    struct, body, raw = _decode_body(kind, body)
-    data = decode_base64(raw or "")
-    spec: dict[str, Any] = {"Name": body.get("Name") or "", "Labels": _labels(body.get("Labels"), struct)}
+def validate_spec(kind: Kind, body: dict) -> tuple[dict, bytes]:
+    """A SecretSpec or ConfigSpec from a create request (canonical, as shoal.api.decode makes it):
+    (spec without ``Data``, the decoded data)."""
+    data = decode_base64(body.get("Data") or "")
+    spec: dict[str, Any] = {"Name": body.get("Name") or "", "Labels": dict(body.get("Labels") or {})}
     validate_name(spec["Name"])
     driver = body.get("Driver")
     if kind == "secrets" and driver:
-        if not isinstance(driver, dict) or not driver.get("Name"):
+        if not driver.get("Name"):
             raise InvalidArgument("secret driver must have a name")
         raise InvalidArgument(f"shoal has no secret drivers: the secret driver {driver['Name']!r} cannot be used; "
                               "create the secret with its data instead")
     if len(data) >= MAX_SIZE[kind] or len(data) < 1:
         raise InvalidArgument(f"{SINGULAR[kind]} data must be larger than 0 and less than {MAX_SIZE[kind]} bytes")
-    templating = body.get("Templating")
-    if templating is not None and not (isinstance(templating, dict)
-                                       and isinstance(templating.get("Name") or "", str)
-                                       and isinstance(templating.get("Options") or {}, dict)):
-        raise BadRequest(f"invalid JSON: json: cannot unmarshal {_go_type(templating)} into Go struct field "
-                         f"{struct}.Templating of type swarm.Driver")
-    if templating:
-        spec["Templating"] = copy.deepcopy(templating)
+    if body.get("Templating"):
+        spec["Templating"] = copy.deepcopy(body["Templating"])
     return spec, data
 
 
-def read_update(kind: Kind, body: Any) -> tuple[str, dict[str, str], bytes | None]:
-    """Decode an update request's spec: (name, labels, data or None when not given)."""
-    struct, body, raw = _decode_body(kind, body)
-    return body.get("Name") or "", _labels(body.get("Labels"), struct), decode_base64(raw) if raw else None
+def read_update(kind: Kind, body: dict) -> tuple[str, dict[str, str], bytes | None]:
+    """An update request's spec (canonical): (name, labels, data or None when not given)."""
+    raw = body.get("Data")
+    return body.get("Name") or "", dict(body.get("Labels") or {}), decode_base64(raw) if raw else None
 
 
 def check_update(current: dict, update: tuple[str, dict[str, str], bytes | None], current_data: bytes) -> dict:
@@ -162,31 +128,22 @@ def references(spec: dict, kind: Kind) -> list[dict]:
 
 
 def validate_refs(spec: dict) -> None:
-    """swarmkit's checks of secret and config references: IDs and names given, a file target each,
-    no two references on one target."""
+    """swarmkit's checks of secret and config references (in a canonical spec): IDs and names given, a
+    file target each, no two references on one target."""
     cs = ((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}
     for kind, field in (("secrets", "Secrets"), ("configs", "Configs")):
-        refs = cs.get(field)
-        if refs is None:
-            continue
-        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-            raise BadRequest(f"json: cannot unmarshal into Go struct field ContainerSpec.TaskTemplate.ContainerSpec."
-                             f"{field}")
         one = SINGULAR[kind]
         targets: dict[str, str] = {}
-        for ref in refs:
+        for ref in cs.get(field) or []:
             rid, rname = ref.get(f"{one.title()}ID"), ref.get(f"{one.title()}Name")
             if not rid or not rname:
                 raise InvalidArgument(f"malformed {one} reference")
-            target = ref.get("File")
-            if target is None and not (kind == "configs" and ref.get("Runtime") is not None):
-                raise InvalidArgument(f"malformed {one} reference, no target provided")
-            if kind == "configs" and ref.get("Runtime") is not None and target is None:
+            if ref.get("Runtime") is not None:
                 raise InvalidArgument("shoal: config references with a runtime target (credential specs) are "
                                       "for Windows only")
-            if not isinstance(target, dict) or not all(isinstance(target.get(k) or "", str)
-                                                       for k in ("Name", "UID", "GID")):
-                raise BadRequest(f"json: cannot unmarshal into Go struct field {one.title()}Reference.File")
+            target = ref.get("File")
+            if target is None:
+                raise InvalidArgument(f"malformed {one} reference, no target provided")
             fname = target.get("Name") or ""
             if not fname:
                 raise InvalidArgument(f"malformed file {one} reference, invalid target file name provided")
@@ -194,10 +151,6 @@ def validate_refs(spec: dict) -> None:
                 raise InvalidArgument(f"{one} references '{targets[fname]}' and '{rname}' have a conflicting "
                                       f"target: '{fname}'")
             targets[fname] = rname
-            mode = target.get("Mode")
-            if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int) or mode < 0):
-                raise BadRequest(f"json: cannot unmarshal into Go struct field {one.title()}ReferenceFileTarget."
-                                 "Mode of type fs.FileMode")
 
 
 def target_path(kind: Kind, file_name: str) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
 
+from shoal.model.constraint import validate as validate_constraints
 from shoal.model.errors import BadRequest, InvalidArgument
+from shoal.model.refusals import refuse_unsupported
 from shoal.model.spec_fields import check_task_fields
 
 SECOND = 1_000_000_000
@@ -27,20 +28,8 @@ PREVIOUS_SEALED_AUTH = "PreviousSealedRegistryAuth"
 INTERNAL_SERVICE_FIELDS = (SEALED_AUTH, PREVIOUS_SEALED_AUTH)
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?$")
-_MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster"}
+_MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster", "image"}
 _RESTART_CONDITIONS = {"none", "on-failure", "any"}
-
-
-def _uint_field(value: Any, go_field: str, go_type: str = "uint64") -> None:
-    """Reject what Go's JSON decoder would refuse for an unsigned integer field."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"json: cannot unmarshal {type(value).__name__} into Go struct field {go_field} "
-                         f"of type {go_type}")
-    if value < 0:
-        raise BadRequest(f"json: cannot unmarshal number {value} into Go struct field {go_field} "
-                         f"of type {go_type}")
 
 
 def mode_of(spec: dict) -> str:
@@ -52,55 +41,39 @@ def mode_of(spec: dict) -> str:
     return "replicated"
 
 
-def validate_spec(spec: Any) -> dict:
-    """Check a ServiceSpec as Docker's daemon does; return it normalised (mode made explicit)."""
-    if not isinstance(spec, dict):
-        raise BadRequest("json: cannot unmarshal into Go value of type swarm.ServiceSpec")
+def validate_spec(spec: dict) -> dict:
+    """Check a ServiceSpec as Docker's daemon does; return it normalised (mode made explicit).
+
+    ``spec`` is canonical (decoded as Docker decodes it: shoal.api.decode): known keys in Docker's
+    spelling, values of the right JSON types. Fields shoal does not do are refused (model.refusals)."""
     spec = copy.deepcopy(spec)
     name = spec.get("Name") or ""
     if not name:
         raise InvalidArgument("meta: name must be provided")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidArgument(f"name must be valid as a DNS name component: {name!r}"
-                              if isinstance(name, str) else "meta: name must be a string")
-    labels = spec.get("Labels")
-    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
-        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.Labels of type string")
-
-    mode = spec.get("Mode")
-    if mode is not None and not isinstance(mode, dict):
-        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.Mode of type swarm.ServiceMode")
-    # Go's JSON decoder matches field names case-insensitively (docker-py sends "replicated")
-    canon = {k.lower(): k for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob")}
-    mode = {canon.get(k.lower(), k): v for k, v in (mode or {}).items()}
-    spec["Mode"] = mode
-    unknown = set(mode) - {"Replicated", "Global", "ReplicatedJob", "GlobalJob"}
-    if unknown:
-        raise InvalidArgument(f"Mode: unrecognized service mode {sorted(unknown)[0]!r}")
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(f"name must be valid as a DNS name component: {name!r}")
+    mode = spec.get("Mode") or {}
     if sum(mode.get(k) is not None for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob")) > 1:
         raise BadRequest("must specify only one service mode")
     if not any(mode.get(k) is not None for k in ("Global", "ReplicatedJob", "GlobalJob")):
-        rep = mode.get("Replicated") or {}
-        if not isinstance(rep, dict):
-            raise BadRequest("json: cannot unmarshal into Go struct field ServiceMode.Mode.Replicated")
-        _uint_field(rep.get("Replicas"), "ReplicatedService.Mode.Replicated.Replicas")
-        spec["Mode"] = {"Replicated": {"Replicas": 1 if rep.get("Replicas") is None else rep["Replicas"]}}
+        # no mode, or one Docker does not know (dropped when decoded): one replica, as Docker does
+        replicas = (mode.get("Replicated") or {}).get("Replicas")
+        mode = {"Replicated": {"Replicas": 1 if replicas is None else replicas}}
     elif mode.get("ReplicatedJob") is not None:
-        spec["Mode"]["ReplicatedJob"] = _replicated_job(mode["ReplicatedJob"])
+        mode["ReplicatedJob"] = _replicated_job(mode["ReplicatedJob"])
+    spec["Mode"] = mode
     if mode_of(spec).endswith("-job") and spec.get("UpdateConfig") is not None:
         raise InvalidArgument("Jobs may not have an update config")
 
     tt = spec.get("TaskTemplate")
-    if not isinstance(tt, dict):
+    if not tt:
         raise InvalidArgument("ContainerSpec: image reference must be provided")
+    refuse_unsupported(spec)
     _validate_task_template(tt)
     for key in ("UpdateConfig", "RollbackConfig"):
         cfg = spec.get(key)
         if cfg is None:
             continue
-        if not isinstance(cfg, dict):
-            raise BadRequest(f"json: cannot unmarshal into Go struct field ServiceSpec.{key}")
-        _uint_field(cfg.get("Parallelism"), f"UpdateConfig.{key}.Parallelism")
         if (cfg.get("Delay") or 0) < 0:
             raise InvalidArgument("TaskSpec: update-delay cannot be negative")
         if (cfg.get("Monitor") or 0) < 0:
@@ -116,13 +89,9 @@ def validate_spec(spec: Any) -> dict:
     return spec
 
 
-def _replicated_job(job: Any) -> dict:
+def _replicated_job(job: dict) -> dict:
     """A ReplicatedJob as Docker's daemon stores it: MaxConcurrent defaults to 1, TotalCompletions to
-    MaxConcurrent."""
-    if not isinstance(job, dict):
-        raise BadRequest("json: cannot unmarshal into Go struct field ServiceMode.Mode.ReplicatedJob")
-    _uint_field(job.get("MaxConcurrent"), "ReplicatedJob.Mode.ReplicatedJob.MaxConcurrent")
-    _uint_field(job.get("TotalCompletions"), "ReplicatedJob.Mode.ReplicatedJob.TotalCompletions")
+    MaxConcurrent (the decoder has checked the types)."""
     concurrent = 1 if job.get("MaxConcurrent") is None else job["MaxConcurrent"]
     total = concurrent if job.get("TotalCompletions") is None else job["TotalCompletions"]
     return {"MaxConcurrent": concurrent, "TotalCompletions": total}
@@ -158,17 +127,12 @@ def docker_form(spec: dict) -> None:
 
 
 def _validate_task_template(tt: dict) -> None:
-    cs = tt.get("ContainerSpec")
-    if tt.get("PluginSpec") is not None or tt.get("NetworkAttachmentSpec") is not None:
-        raise InvalidArgument("TaskSpec: only container runtime is supported")
-    if not isinstance(cs, dict) or not isinstance(cs.get("Image"), str) or not cs.get("Image", "").strip():
+    cs = tt.get("ContainerSpec") or {}
+    image = cs.get("Image") or ""
+    if not image.strip():
         raise InvalidArgument("ContainerSpec: image reference must be provided")
-    if any(c.isspace() for c in cs["Image"]) or cs["Image"] != cs["Image"].strip():
-        raise InvalidArgument(f"ContainerSpec: {cs['Image']!r} is not a valid repository/tag")
-    for key in ("Args", "Command", "Env"):
-        val = cs.get(key)
-        if val is not None and not (isinstance(val, list) and all(isinstance(x, str) for x in val)):
-            raise BadRequest(f"json: cannot unmarshal into Go struct field ContainerSpec.{key} of type []string")
+    if any(c.isspace() for c in image):
+        raise InvalidArgument(f"ContainerSpec: {image!r} is not a valid repository/tag")
     _validate_mounts(cs.get("Mounts") or [])
     restart = tt.get("RestartPolicy") or {}
     if restart.get("Condition") not in (None, "", *_RESTART_CONDITIONS):
@@ -177,15 +141,11 @@ def _validate_task_template(tt: dict) -> None:
         raise InvalidArgument("TaskSpec: restart-delay cannot be negative")
     if (restart.get("Window") or 0) < 0:
         raise InvalidArgument("TaskSpec: restart-window cannot be negative")
-    _uint_field(restart.get("MaxAttempts"), "RestartPolicy.TaskTemplate.RestartPolicy.MaxAttempts")
     placement = tt.get("Placement") or {}
-    from shoal.model.constraint import validate
-
     try:
-        validate(placement.get("Constraints") or [])
+        validate_constraints(placement.get("Constraints") or [])
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
-    _uint_field(placement.get("MaxReplicas"), "Placement.TaskTemplate.Placement.MaxReplicas")
     res = tt.get("Resources") or {}
     for part in ("Limits", "Reservations"):
         for key in ("NanoCPUs", "MemoryBytes"):
@@ -194,13 +154,9 @@ def _validate_task_template(tt: dict) -> None:
     check_task_fields(tt)  # the fields shoal honours or refuses (shoal.model.spec_fields)
 
 
-def _validate_mounts(mounts: Any) -> None:
-    if not isinstance(mounts, list):
-        raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.Mounts of type []mount.Mount")
+def _validate_mounts(mounts: list[dict]) -> None:
     targets: set[str] = set()
     for m in mounts:
-        if not isinstance(m, dict):
-            raise BadRequest("json: cannot unmarshal into Go struct field ContainerSpec.Mounts of type mount.Mount")
         mtype = m.get("Type") or ""
         if mtype not in _MOUNT_TYPES:
             raise InvalidArgument(f"ContainerSpec: invalid mount type {mtype!r}" if mtype
@@ -228,17 +184,13 @@ def _validate_mounts(mounts: Any) -> None:
                                   "field VolumeOptions must not be specified")
 
 
-def _validate_endpoint(ep: Any) -> None:
+def _validate_endpoint(ep: dict | None) -> None:
     if ep is None:
         return
-    if not isinstance(ep, dict):
-        raise BadRequest("json: cannot unmarshal into Go struct field ServiceSpec.EndpointSpec")
     if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
         raise InvalidArgument(f"EndpointSpec: unrecognized mode {ep['Mode']!r}")
     seen: set[tuple] = set()
     for p in ep.get("Ports") or []:
-        _uint_field(p.get("TargetPort"), "PortConfig.EndpointSpec.Ports.TargetPort", "uint32")
-        _uint_field(p.get("PublishedPort"), "PortConfig.EndpointSpec.Ports.PublishedPort", "uint32")
         if p.get("PublishMode", "ingress") == "ingress" and ep.get("Mode") == "dnsrr" and p.get("PublishedPort"):
             raise InvalidArgument("EndpointSpec: port published with ingress mode can't be used with dnsrr mode")
         key = (p.get("PublishedPort"), p.get("Protocol") or "tcp")

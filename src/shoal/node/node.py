@@ -276,9 +276,11 @@ class Node:
             manager = self._new_manager()
             await manager.start_store(new=True)
             ts = now()
+            spec = merge_spec(default_cluster_spec(), init_overrides(req.get("Spec") or {}))
+            if req.get("AutoLockManagers"):  # InitRequest's own flag (docker swarm init --autolock sends both)
+                spec["EncryptionConfig"]["AutoLockManagers"] = True
             cluster = {
-                "ID": cluster_id, "CreatedAt": ts, "UpdatedAt": ts,
-                "Spec": merge_spec(default_cluster_spec(), init_overrides(req.get("Spec") or {})),
+                "ID": cluster_id, "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
                 "TLSInfo": tls_info(cert), "RootRotationInProgress": False,
                 "DefaultAddrPool": req.get("DefaultAddrPool") or ["10.0.0.0/8"],
                 "SubnetSize": req.get("SubnetSize") or 24,
