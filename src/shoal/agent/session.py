@@ -26,6 +26,7 @@ from shoal.cluster.messages import (
     Message,
     Nack,
     NetworkMap,
+    Refused,
     RoleChange,
     SessionConfig,
     SessionError,
@@ -223,6 +224,11 @@ class RemoteSession:
             sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:
                 del self._pending[sent[0]]
+        elif isinstance(msg, Refused):  # never to be stored: drop it
+            sent = self._inflight.pop(msg.seq, None)
+            if sent is not None and self._pending.get(sent[0]) is sent[1]:
+                del self._pending[sent[0]]
+            log.warning("manager refused a status report: %s", msg.message)
         elif isinstance(msg, Nack):  # the manager could not store it: try again shortly
             sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:

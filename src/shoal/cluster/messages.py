@@ -40,6 +40,8 @@ class Message:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.TYPE:
+            if cls.TYPE in _TYPES:
+                raise TypeError(f"message type {cls.TYPE!r} is taken by {_TYPES[cls.TYPE].__name__}")
             _TYPES[cls.TYPE] = cls
 
     def to_wire(self) -> dict[str, Any]:
@@ -159,6 +161,16 @@ class Nack(Message):
 
     TYPE: ClassVar[str] = "nack"
     seq: int = 0
+
+
+@dataclass
+class Refused(Message):
+    """Manager → agent: the status report ``seq`` is refused for good (the task is not assigned to this
+    node); the agent drops it."""
+
+    TYPE: ClassVar[str] = "status-refused"
+    seq: int = 0
+    message: str = ""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from shoal.cluster.messages import (
     Message,
     Nack,
     NetworkMap,
+    Refused,
     RoleChange,
     SessionConfig,
     StatusReport,
@@ -54,10 +55,17 @@ def assigned_to(objs: Objects, node_id: str) -> list[dict]:
             if not states.before(t["Status"]["State"], states.ASSIGNED) and t.get("ServiceID")]
 
 
-async def update_status(objs: Objects, task_id: str, status: dict) -> bool:
-    """Apply an agent's report; False if the task is gone or the report is stale."""
+class NotAssigned(Exception):
+    """A node reported the status of a task that is not assigned to it."""
+
+
+async def update_status(objs: Objects, task_id: str, status: dict, node_id: str | None = None) -> bool:
+    """Apply an agent's report; False if the task is gone or the report is stale. With ``node_id`` (the
+    reporting session's node), a task assigned to another node raises :class:`NotAssigned` unwritten."""
 
     def apply(task: dict) -> bool:
+        if node_id is not None and task.get("NodeID") != node_id:
+            raise NotAssigned(f"task {task_id} is not assigned to node {node_id}")
         cur = task["Status"]["State"]
         new = status["State"]
         if states.before(new, cur):
@@ -356,7 +364,11 @@ class Dispatcher:
             await s.send(Heartbeat())
         elif isinstance(msg, StatusReport):
             try:
-                await update_status(self.objs, msg.id, msg.status)
+                await update_status(self.objs, msg.id, msg.status, s.node_id)
+            except NotAssigned as e:  # swarmkit: PermissionDenied, "cannot update a task not assigned this node"
+                log.warning("dispatcher: refused a status report: %s", e)
+                await s.send(Refused(seq=msg.seq, message=str(e)))
+                return
             except StoreError:  # the agent keeps the report and sends it again
                 await s.send(Nack(seq=msg.seq))
                 return
