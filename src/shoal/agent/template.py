@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_FIELD = re.compile(r"^\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
-_CALL = re.compile(r'^(env|secret|config)\s+"((?:[^"\\]|\\.)*)"$')
-_INDEX = re.compile(r'^index\s+\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s+"((?:[^"\\]|\\.)*)"$')
+_FIELD = re.compile(r"\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+_CALL = re.compile(r'(env|secret|config)\s+"((?:[^"\\]|\\.)*)"')
+_INDEX = re.compile(r'index\s+\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s+"((?:[^"\\]|\\.)*)"')
 
 
 class TemplateError(Exception):
@@ -72,11 +72,11 @@ def expand(text: str, ctx: dict, getters: dict[str, Callable[[str], str]]) -> st
         action = m.group(2).strip()
         if action.startswith("/*") and action.endswith("*/"):
             continue
-        if fm := _FIELD.match(action):
+        if fm := _FIELD.fullmatch(action):
             out.append(_go_string(_field(ctx, fm.group(1))))
-        elif cm := _CALL.match(action):
+        elif cm := _CALL.fullmatch(action):
             out.append(getters[cm.group(1)](_unquote(cm.group(2))))
-        elif im := _INDEX.match(action):
+        elif im := _INDEX.fullmatch(action):
             mapping = _field(ctx, im.group(1))
             if not isinstance(mapping, dict):
                 raise TemplateError(f"template: expansion: can't index item of type {type(mapping).__name__}")

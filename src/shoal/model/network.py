@@ -10,7 +10,7 @@ from shoal.model.errors import BadRequest, Conflict, InvalidArgument
 from shoal.model.ids import new_id, now
 
 INGRESS_NAME = "ingress"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
 _FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -65,7 +65,7 @@ def spec_from_request(req: object) -> dict:
     name = req.get("Name") or ""
     if not isinstance(name, str) or not name:
         raise BadRequest("network name is required") if not name else BadRequest("invalid network name")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise BadRequest(f'invalid name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
     if req.get("EnableIPv6"):
         raise InvalidArgument("IPv6 is not supported on shoal's overlay networks yet")

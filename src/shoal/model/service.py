@@ -18,7 +18,7 @@ DEFAULT_UPDATE = {
 }
 DEFAULT_STOP_GRACE = 10 * SECOND
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?")
 _MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster"}
 _RESTART_CONDITIONS = {"none", "on-failure", "any"}
 
@@ -52,7 +52,7 @@ def validate_spec(spec: Any) -> dict:
     name = spec.get("Name") or ""
     if not name:
         raise InvalidArgument("meta: name must be provided")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(f"name must be valid as a DNS name component: {name!r}"
                               if isinstance(name, str) else "meta: name must be a string")
     labels = spec.get("Labels")

@@ -328,7 +328,7 @@ class Node:
             if self.status != "inactive":
                 raise Unavailable(ALREADY_IN_SWARM)
             token = req.get("JoinToken") or ""
-            parts = token.split("-")
+            parts = token.split("-") if isinstance(token, str) else []
             if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1":
                 raise BadRequest("invalid join token")
             remotes = req.get("RemoteAddrs") or []
