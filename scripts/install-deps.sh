@@ -17,6 +17,19 @@ if ((${#missing[@]})); then
   apt-get install -y -q "${missing[@]}"
 fi
 
+# encrypted overlays: WireGuard (wireguard-go where the kernel has no module, configured with wg) and
+# tcpdump for the capture test; no recommends: wireguard-tools would pull a kernel module package (DKMS)
+missing=()
+for p in wireguard-go wireguard-tools tcpdump; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install --no-install-recommends ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
 stamp=.venv/.shoal-installed
 if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c '' 2>/dev/null; then
   echo "install-deps: creating .venv"

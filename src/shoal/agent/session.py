@@ -44,8 +44,9 @@ class RemoteSession:
     """The agent's session with the leader (any manager sends it there)."""
 
     def __init__(self, managers: list[str], client: ClusterClient, describe: Callable[[], Awaitable[dict]],
-                 addr: str = "", on_role: Callable[[str, str], None] | None = None) -> None:
+                 addr: str = "", on_role: Callable[[str, str], None] | None = None, wg_key: str = "") -> None:
         self.managers = list(managers)
+        self.wg_key = wg_key  # this node's WireGuard public key (encrypted overlays)
         self.client = client
         self.describe = describe
         self.addr = addr
@@ -131,7 +132,7 @@ class RemoteSession:
     async def _serve(self, sock: SessionSocket) -> None:
         description = await self.describe()
         self._unsent_description = None
-        await sock.send(Hello(description=description, addr=self.addr))
+        await sock.send(Hello(description=description, addr=self.addr, wg_key=self.wg_key))
         self._described = description
         welcome = await sock.receive(timeout=10)
         if isinstance(welcome, SessionError):

@@ -106,11 +106,12 @@ def decode(raw: str | bytes, want: type[M] | None = None) -> M:
 
 @dataclass
 class Hello(Message):
-    """Agent → manager, first: the node's description and advertised address."""
+    """Agent → manager, first: the node's description, advertised address and WireGuard public key."""
 
     TYPE: ClassVar[str] = "hello"
     description: dict = field(default_factory=dict)
     addr: str = ""
+    wg_key: str = ""
 
 
 @dataclass

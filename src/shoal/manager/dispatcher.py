@@ -31,10 +31,12 @@ from shoal.cluster.messages import (
     Welcome,
 )
 from shoal.manager import netmap
+from shoal.manager.netkeys import set_node_key
 from shoal.manager.secrets import Sealer, needed, payload
 from shoal.model import states
 from shoal.model.errors import OutOfSequence, StoreError
 from shoal.model.ids import now
+from shoal.model.network import valid_wg_key
 from shoal.model.views import ClusterView, NodeView
 from shoal.store.objects import Objects
 
@@ -151,7 +153,7 @@ class Dispatcher:
         self.last_seen[node_id] = self.clock.now()
 
     async def run(self) -> None:
-        watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes"))
+        watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes", "netkeys", "nodekeys"))
         checker = asyncio.create_task(self._check_heartbeats(), name="heartbeats")
         interval = self.interval
         try:
@@ -264,6 +266,18 @@ class Dispatcher:
         await self.objs.modify("nodes", node_id, apply)
         return written
 
+    async def set_tunnel_key(self, node_id: str, key: str) -> None:
+        """Record the node's WireGuard public key (the encrypted overlays' peers learn it from their maps)."""
+        if not key:
+            return
+        if not valid_wg_key(key):
+            log.warning("dispatcher: node %s sent an invalid WireGuard key", node_id)
+            return
+        try:
+            await set_node_key(self.objs, node_id, key)
+        except (StoreError, OutOfSequence) as e:  # sent again with the next session
+            log.warning("dispatcher: storing the WireGuard key of node %s: %s", node_id, e)
+
     async def tell_role(self, s: AgentSession) -> None:
         """Tell a node whose desired role differs from its certificate's to change role (a demoted
         manager once its etcd member is gone)."""
@@ -291,6 +305,7 @@ class Dispatcher:
         self.sessions[node_id] = s
         self.seen(node_id)
         await self.set_node_state(node_id, "ready", addr=hello.addr or addr, description=hello.description or None)
+        await self.set_tunnel_key(node_id, hello.wg_key)
         managers = sorted(v.manager_addr for v in map(NodeView, self.objs.list("nodes"))
                           if v.role == "manager" and v.manager_status is not None)
         await s.send(Welcome(node_id=node_id, heartbeat=self.interval, managers=managers))
@@ -328,7 +343,7 @@ class Dispatcher:
             s.net_dirty.clear()
             if s.closed:
                 return
-            m = netmap.compute(self.objs, s.node_id)
+            m = netmap.compute(self.objs, s.node_id, self.sealer)
             if m != s.netmap:
                 await s.send(NetworkMap(map=m))
                 s.netmap = m

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import ipaddress
 import re
@@ -154,3 +156,13 @@ def resource(net: dict) -> dict:
 
 def name_conflict(name: str) -> Conflict:
     return Conflict(f"network with name {name} already exists")
+
+
+def valid_wg_key(text: object) -> bool:
+    """A WireGuard key as ``wg`` writes it (a node's public key, a pre-shared key): 32 bytes in base64."""
+    if not isinstance(text, str):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
