@@ -156,7 +156,6 @@ class WireGuard:
         self.private_key = load_or_make_key(key_file)
         self.public_key = public_key(self.private_key)
         self.userspace, self.wg, self.mtu, self.firewall = userspace, wg, mtu, firewall
-        self._applied: dict[str, tuple[int, str]] = {}  # interface -> (ifindex, config) last set
         self._firewall_on: bool | None = None
 
     async def sync(self, netmap: dict) -> set[str]:
@@ -196,7 +195,6 @@ class WireGuard:
                 name = link.get("IFLA_IFNAME") or ""
                 if name.startswith(PREFIX) and name not in wanted:
                     log.info("wireguard: removing %s", name)
-                    self._applied.pop(name, None)
                     with contextlib.suppress(NetlinkError):
                         ipr.link("del", index=link["index"])
             if self.mtu:
@@ -211,12 +209,11 @@ class WireGuard:
         if index is None:
             index = await self._create(t.name)
         await asyncio.to_thread(self._set_link, index, t, mtu)
-        config = t.config(self.private_key)
-        if self._applied.get(t.name) != (index, config):
-            rc, out = await _run(self.wg, "syncconf", t.name, "/dev/stdin", stdin=config)
-            if rc != 0:
-                raise RuntimeError(f"wg syncconf {t.name}: {out}")
-            self._applied[t.name] = (index, config)
+        # every time (a map, the resync): syncconf changes only what differs, so drift is repaired and the
+        # sessions in place go on
+        rc, out = await _run(self.wg, "syncconf", t.name, "/dev/stdin", stdin=t.config(self.private_key))
+        if rc != 0:
+            raise RuntimeError(f"wg syncconf {t.name}: {out}")
 
     @staticmethod
     def _link_index(name: str) -> int | None:
