@@ -99,7 +99,7 @@ def test_encrypted_network_traffic_is_never_clear_and_survives_rotation(lab: Lab
         "--constraint", "node.hostname==worker1", WEB)
     mgr(lab, "service", "create", "--detach", "--name", "client", "--network", "sec", "--network", "plain",
         "--constraint", "node.hostname==worker2", BOX, "sleep", "3600")
-    web = wait_for(lambda: container_of(lab, "worker1", "web"), 60, "the web task")
+    wait_for(lambda: container_of(lab, "worker1", "web"), 60, "the web task")
     client = wait_for(lambda: container_of(lab, "worker2", "client"), 60, "the client task")
     vips = {v["NetworkID"]: v["Addr"].split("/")[0] for v in json.loads(
         mgr(lab, "service", "inspect", "-f", "{{json .Endpoint.VirtualIPs}}", "web").stdout)}

@@ -145,7 +145,8 @@ async def test_a_networks_key_reaches_only_the_nodes_on_it(objs: Objects, sealer
     m = netmap.compute(objs, a["ID"], sealer)
     net = m["networks"][sec["ID"]]
     assert net["encrypted"] is True
-    assert net["encryption"] == {"psk": psk, "port": port, "peers": [{"addr": "192.168.77.12", "key": keys_of[b["ID"]]}]}
+    assert net["encryption"] == {"psk": psk, "port": port,
+                                 "peers": [{"addr": "192.168.77.12", "key": keys_of[b["ID"]]}]}
     assert netmap.compute(objs, b["ID"], sealer)["networks"][sec["ID"]]["encryption"]["peers"] == [
         {"addr": "192.168.77.11", "key": keys_of[a["ID"]]}]
     c_map = netmap.compute(objs, c["ID"], sealer)
