@@ -70,14 +70,15 @@ class Capture:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.proc = subprocess.Popen(["ip", "netns", "exec", LAN_NS, "tcpdump", "-i", BRIDGE, "-U", "-s", "0",
-                                      "-w", str(path), "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        argv = ["ip", "netns", "exec", LAN_NS, "tcpdump", "-i", BRIDGE, "--immediate-mode", "-U", "-s", "0",
+                "-w", str(path), "udp"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # "listening on lan0 ..." once it captures
         assert "listening on" in line, line
 
     def stop(self) -> bytes:
+        time.sleep(0.5)  # what is still on its way through the LAN
         self.proc.terminate()
         self.proc.wait(timeout=10)
         return self.path.read_bytes()
