@@ -121,8 +121,9 @@ async def test_the_leader_makes_seals_rotates_and_removes_network_keys(objs: Obj
 
 async def test_without_a_ca_key_no_network_gets_keys(objs: Objects) -> None:
     await objs.create("networks", network("sec", 4097, True))
-    await NetworkKeys(objs, None).reconcile(None)
-    assert objs.list("netkeys") == []
+    keys = NetworkKeys(objs, None)
+    await keys.reconcile(None)
+    assert objs.list("netkeys") == [] and keys.next_timer() is None  # and no timer spinning
 
 
 async def test_a_networks_key_reaches_only_the_nodes_on_it(objs: Objects, sealer: Sealer) -> None:

@@ -77,6 +77,8 @@ class NetworkKeys(Controller):
         self.wall = wall  # seconds since the epoch: a key's age outlives a change of leader
 
     def next_timer(self) -> float | None:
+        if self.sealer is None:  # nothing can be rotated here
+            return None
         due = [k.get("RotatedAt", 0.0) + self.rotation for k in self.objs.list("netkeys")]
         return max(0.0, min(due) - self.wall()) if due else None
 
