@@ -119,11 +119,18 @@ async def test_the_leader_makes_seals_rotates_and_removes_network_keys(objs: Obj
     assert [k["ID"] for k in objs.list("nodekeys")] == [nd["ID"]]
 
 
-async def test_without_a_ca_key_no_network_gets_keys(objs: Objects) -> None:
+async def test_without_a_ca_key_no_network_gets_keys(objs: Objects, sealer: Sealer) -> None:
     await objs.create("networks", network("sec", 4097, True))
-    keys = NetworkKeys(objs, None)
-    await keys.reconcile(None)
-    assert objs.list("netkeys") == [] and keys.next_timer() is None  # and no timer spinning
+    await NetworkKeys(objs, None).reconcile(None)
+    assert objs.list("netkeys") == []
+    # a leader without the CA key, after one that had it: the keys stay, and no overdue timer spins
+    wall = Wall()
+    await NetworkKeys(objs, sealer, rotation=ROTATION, wall=wall).reconcile(None)
+    sealed = objs.list("netkeys")[0]["Sealed"]
+    wall.t += 2 * ROTATION
+    keyless = NetworkKeys(objs, None, rotation=ROTATION, wall=wall)
+    await keyless.reconcile(None)
+    assert objs.list("netkeys")[0]["Sealed"] == sealed and keyless.next_timer() is None
 
 
 async def test_a_networks_key_reaches_only_the_nodes_on_it(objs: Objects, sealer: Sealer) -> None:
