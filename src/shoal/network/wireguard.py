@@ -141,9 +141,12 @@ def nft_script(active: bool) -> str:
 
 
 async def _run(*argv: str, stdin: str | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    except FileNotFoundError:
+        return 127, f"{argv[0]} is not installed (scripts/install-deps.sh installs it)"
     out, _ = await proc.communicate(stdin.encode() if stdin is not None else None)
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
@@ -175,9 +178,13 @@ class WireGuard:
         return ready
 
     async def clear(self) -> None:
+        """Leaving the swarm: every tunnel and the firewall table go."""
         await asyncio.to_thread(self._prune_and_mtu, set(), "")
         if self._firewall_on is not False:
-            await self._set_firewall(False)
+            try:
+                await self._set_firewall(False)
+            except RuntimeError as e:
+                log.warning("wireguard: %s", e)
 
     async def _set_firewall(self, active: bool) -> None:
         if not self.firewall:
