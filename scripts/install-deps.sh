@@ -4,31 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# apt_install [apt-get options] -- PACKAGE...: install those not installed yet
+apt_install() {
+  local opts=() missing=() p
+  while [[ $1 != -- ]]; do opts+=("$1"); shift; done
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "install-deps: apt-get install ${opts[*]} ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${opts[@]}" "${missing[@]}"
+}
+
 pkgs=(docker.io etcd-server etcd-client busybox-static nftables iproute2)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "install-deps: apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${missing[@]}"
-fi
-
+apt_install -- "${pkgs[@]}"
 # encrypted overlays: WireGuard (wireguard-go where the kernel has no module, configured with wg) and
 # tcpdump for the capture test; no recommends: wireguard-tools would pull a kernel module package (DKMS)
-missing=()
-for p in wireguard-go wireguard-tools tcpdump; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "install-deps: apt-get install --no-install-recommends ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+apt_install --no-install-recommends -- wireguard-go wireguard-tools tcpdump
 
 stamp=.venv/.shoal-installed
 if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c '' 2>/dev/null; then
