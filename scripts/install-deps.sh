@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# apt_install [apt-get options] -- PACKAGE...: install those not installed yet
+# apt_install [apt-get options] -- PACKAGE...: install those not installed yet; no package may start a
+# daemon (docker-registry would serve on :5000): the tests start their own
 apt_install() {
-  local opts=() missing=() p
+  local opts=() missing=() p policy=/usr/sbin/policy-rc.d made_policy=0
   while [[ $1 != -- ]]; do opts+=("$1"); shift; done
   shift
   for p in "$@"; do
@@ -16,10 +17,15 @@ apt_install() {
   echo "install-deps: apt-get install ${opts[*]} ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
   apt-get install -y -q "${opts[@]}" "${missing[@]}"
+  if ((made_policy)); then rm -f "$policy"; fi
 }
 
-pkgs=(docker.io etcd-server etcd-client busybox-static nftables iproute2)
+# docker-registry and apache2-utils (htpasswd): the private registry of tests/integration/test_registry_auth.py
+pkgs=(docker.io etcd-server etcd-client busybox-static nftables iproute2 docker-registry apache2-utils)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 apt_install -- "${pkgs[@]}"
 # encrypted overlays: WireGuard (wireguard-go where the kernel has no module, configured with wg) and

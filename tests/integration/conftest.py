@@ -3,6 +3,7 @@ docker CLI and docker-py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -177,6 +178,13 @@ def fresh_shoald(docker_engine) -> Iterator[Shoald]:
     """A shoald that is not in a swarm."""
     with started_shoald() as d:
         yield d
+
+
+def ps_rows(shoald: Shoald, service: str) -> list[dict]:
+    """``docker service ps --no-trunc`` rows as JSON, ``Error`` unquoted (the CLI prints it with Go's %q)."""
+    out = shoald.docker("service", "ps", "--no-trunc", "--format", "{{json .}}", service).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [{**row, "Error": json.loads(row["Error"]) if row["Error"] else ""} for row in rows]
 
 
 def running_containers(engine: docker.DockerClient, service: str, **filters: str) -> list:

@@ -17,6 +17,7 @@ MOBY = EXTRACT["definitions"]
 # What shoal documents beyond moby's v1.50 definitions, because Docker's daemon answers with it.
 EXTRA_PROPERTIES = {
     "Service": {"PreviousSpec"},  # swarm.Service has it; the swagger definition omits it
+    "Task": {"GenericResources"},  # swarm.Task's JSON name for what the swagger calls AssignedGenericResources
 }
 EXTRA_ENUM = {
     # swarm.UpdateState has the rollback states too

@@ -216,7 +216,7 @@ def test_empty_bodies_read_as_empty_specs():
 # -- templates (--template-driver golang) -------------------------------------------------------------------
 
 def template_ctx() -> dict:
-    from shoal.agent.template import context
+    from shoal.model.template import context
 
     task = {"ID": "t1", "ServiceID": "s1", "NodeID": "n1", "Slot": 3,
             "ServiceAnnotations": {"Name": "web", "Labels": {"tier": "front", "a": "b"}}}
@@ -224,7 +224,7 @@ def template_ctx() -> dict:
 
 
 def test_template_fields_and_functions():
-    from shoal.agent.template import expand
+    from shoal.model.template import expand
 
     getters = {"env": {"FOO": "bar"}.get, "secret": lambda t: f"<secret {t}>", "config": lambda t: f"<config {t}>"}
     text = ('{{.Service.Name}}/{{ .Service.ID }} {{.Task.Name}} slot={{.Task.Slot}} {{.Node.Hostname}} '
@@ -237,7 +237,7 @@ def test_template_fields_and_functions():
 
 @pytest.mark.parametrize("text", ["{{.Nope}}", "{{.Service.Nope}}", "{{ printf \"%d\" 1 }}", "{{ if .Task }}x{{end}}"])
 def test_unsupported_templates_are_refused(text):
-    from shoal.agent.template import TemplateError, expand
+    from shoal.model.template import TemplateError, expand
 
     with pytest.raises(TemplateError):
         expand(text, template_ctx(), {})

@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.template import TemplateError, context, expand
 from shoal.model.secrets import SINGULAR, file_owner, references, target_path
 from shoal.model.task import task_name
+from shoal.model.template import PAYLOAD_T, TemplateError, context, expand
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class TaskFiles:
         return mounts
 
     def _expand(self, task: dict, deps: dict, item: dict, data: bytes) -> bytes:
-        """A templated secret or config, expanded for this task (see :mod:`shoal.agent.template`)."""
+        """A templated secret or config, expanded for this task (see :mod:`shoal.model.template`)."""
         driver = (item.get("Templating") or {}).get("Name") or ""
         if driver != "golang":
             raise FilesError(f"unsupported template driver {driver!r}")
@@ -135,7 +135,7 @@ class TaskFiles:
         try:
             # Docker's executor gives templates no node description: .Node.Hostname and .Node.Platform are
             # empty there, and so here
-            text = expand(data.decode(errors="replace"), context(task, {}, task_name(task)),
+            text = expand(data.decode(errors="replace"), context(task, {}, task_name(task), PAYLOAD_T),
                           {"env": lambda v: env.get(v, ""), "secret": by_target("secrets"),
                            "config": by_target("configs")})
         except TemplateError as e:

@@ -7,11 +7,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from shoal.agent.executor.docker import DockerExecutor, ExecutorError
+from shoal.agent.executor.docker import DockerExecutor, ExecutorError, port_status
 from shoal.agent.files import FilesError, TaskFiles
 from shoal.model import states
 from shoal.model.ids import now
 from shoal.model.service import DEFAULT_STOP_GRACE
+from shoal.model.task import REGISTRY_AUTH, task_name
+from shoal.model.template import TemplateError, context, expand_container_spec
 from shoal.network.agent import NetworkAgent, NetworkError
 
 log = logging.getLogger(__name__)
@@ -20,13 +22,22 @@ UNBIND_DELAY = 1.0  # s between a networked task leaving the load balancers and 
 Report = Callable[[str, dict], Awaitable[None]]
 
 
+def expanded(task: dict, node: dict) -> dict:
+    """The task with its ContainerSpec's templates expanded for this node (swarmkit's ExpandContainerSpec:
+    ``node`` is the node's description, as it last described itself)."""
+    spec = task.get("Spec") or {}
+    cs = expand_container_spec(spec.get("ContainerSpec") or {}, context(task, node, task_name(task)))
+    return {**task, "Spec": {**spec, "ContainerSpec": cs}}
+
+
 class TaskRunner:
     """Drives one task toward its desired state. :meth:`poke` after the task or its container changed."""
 
     def __init__(self, task: dict, node_id: str, executor: DockerExecutor, report: Report,
                  container: dict | None = None, network: NetworkAgent | None = None,
-                 files: TaskFiles | None = None) -> None:
+                 files: TaskFiles | None = None, node: Callable[[], dict] | None = None) -> None:
         self.task = task
+        self.node = node or dict  # this node's description (templates expand .Node.Hostname/.Platform)
         self.node_id = node_id
         self.ex = executor
         self.network = network  # None: containers get no swarm networks
@@ -65,10 +76,12 @@ class TaskRunner:
             self.files.release(self.task["ID"])
 
     async def report(self, state: str, message: str = "", err: str = "", exit_code: int | None = None,
-                     pid: int = 0) -> None:
+                     pid: int = 0, ports: dict | None = None) -> None:
         status: dict = {"Timestamp": now(), "State": state, "Message": message or states.MESSAGES[state]}
         if err:
             status["Err"] = err
+        if ports is not None or states.terminal(state):  # a stopped container publishes nothing
+            status["PortStatus"] = ports or {}
         if self.cid:
             cs: dict = {"ContainerID": self.cid, "PID": pid}
             if exit_code is not None:
@@ -141,7 +154,7 @@ class TaskRunner:
                 await self.report(states.FAILED, err="task: unhealthy container", exit_code=st.get("ExitCode"))
                 return
             if self.observed != states.RUNNING:
-                await self.report(states.RUNNING, pid=st.get("Pid", 0))
+                await self.report(states.RUNNING, pid=st.get("Pid", 0), ports=port_status(info))
             return
         # the container has exited
         code = st.get("ExitCode", 0)
@@ -152,22 +165,26 @@ class TaskRunner:
             await self.report(states.FAILED, err=err, exit_code=code)
 
     async def _prepare(self) -> str:
-        image = self.task["Spec"]["ContainerSpec"]["Image"]
+        try:
+            task = expanded(self.task, self.node())
+        except TemplateError as e:
+            raise ExecutorError(str(e)) from None
+        image = task["Spec"]["ContainerSpec"]["Image"]
         if not await self.ex.image_present(image):
             try:
-                await self.ex.pull(image)
+                await self.ex.pull(image, self.task.get(REGISTRY_AUTH) or "")
             except ExecutorError as e:  # as Docker: logged; the create below reports the missing image
                 log.warning("task %s: pulling image %s failed: %s", self.task["ID"], image, e)
         mounts = self._files()
         if self.network is None:
-            return await self.ex.create(self.task, self.node_id, {"HostConfig": {"Mounts": mounts}} if mounts else None)
+            return await self.ex.create(task, self.node_id, {"HostConfig": {"Mounts": mounts}} if mounts else None)
         try:
             extra = await self.network.prepare_task(self.task)
         except NetworkError as e:
             raise ExecutorError(str(e)) from None
         if mounts:
             extra = {**(extra or {}), "HostConfig": {**(extra or {}).get("HostConfig", {}), "Mounts": mounts}}
-        cid = await self.ex.create(self.task, self.node_id, extra)
+        cid = await self.ex.create(task, self.node_id, extra)
         try:
             await self.network.connect_extra(self.task, cid)
         except NetworkError as e:

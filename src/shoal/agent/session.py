@@ -71,6 +71,12 @@ class RemoteSession:
         self.describe_period = DESCRIBE_PERIOD
         self._described: dict | None = None  # the description the manager has (as far as we know)
         self._unsent_description: dict | None = None  # a changed description waiting for the sender
+        self._latest: dict = {}  # the description last made
+
+    @property
+    def description(self) -> dict:
+        """This node's description, as last made (hostname, platform, resources, engine)."""
+        return self._latest
 
     # -- the Session protocol the Agent uses -------------------------------------------------------
     def assigned(self) -> list[dict]:
@@ -130,7 +136,7 @@ class RemoteSession:
             delay = min(delay * 2, 1.0)
 
     async def _serve(self, sock: SessionSocket) -> None:
-        description = await self.describe()
+        description = self._latest = await self.describe()
         self._unsent_description = None
         await sock.send(Hello(description=description, addr=self.addr, wg_key=self.wg_key))
         self._described = description
@@ -164,7 +170,7 @@ class RemoteSession:
         while True:
             await asyncio.sleep(self.describe_period)
             try:
-                description = await self.describe()
+                description = self._latest = await self.describe()
             except Exception as e:  # e.g. the engine is restarting: try again next period
                 log.info("describing this node failed: %s", e)
                 continue

@@ -59,6 +59,10 @@ class Worker:
                               or action.startswith("health_status")):
             r.poke()
 
+    def _description(self) -> dict:
+        """This node's description as the session last sent it (templates read its hostname and platform)."""
+        return getattr(self.session, "description", None) or {}
+
     async def run(self) -> None:
         self.ex.watch_events(self.node_id, self._on_event)
         synced = getattr(self.session, "synced", None)
@@ -90,7 +94,8 @@ class Worker:
             container = containers.get(tid) if containers is not None else None
             if containers is None and states.terminal(task["Status"]["State"]):
                 continue  # finished before we knew it; nothing to run
-            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network, self.files)
+            r = TaskRunner(task, self.node_id, self.ex, self.session.report, container, self.network, self.files,
+                           node=self._description)
             self.runners[tid] = r
             r.start()
         for tid in [t for t in self.runners if t not in assigned]:

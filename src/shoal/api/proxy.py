@@ -17,7 +17,7 @@ from aiohttp import web
 
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
        "transfer-encoding", "upgrade", "host", "content-length"}
-_HIJACK_PATH = re.compile(r"/(containers/[^/]+/attach|exec/[^/]+/start)$")
+_HIJACK_PATH = re.compile(r"/(containers/[^/]+/attach|exec/[^/]+/start)\Z")
 _VERSION = re.compile(r"/v(\d+)\.(\d+)(/.*)", re.S)
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.control import Objects
 from shoal.model import states
 from shoal.model.errors import BadRequest, FailedPrecondition
-from shoal.model.service import mode_of, validate_spec, with_defaults
+from shoal.model.service import INTERNAL_SERVICE_FIELDS, mode_of, validate_spec, with_defaults
 
 FILTERS = {"id", "name", "label", "mode"}
 
 
 def service_view(objs: Objects, svc: dict, insert_defaults: bool = False, status: bool = False) -> dict:
-    out = copy.deepcopy(svc)
+    out = copy.deepcopy({k: v for k, v in svc.items() if k not in INTERNAL_SERVICE_FIELDS})
     if insert_defaults:
         out["Spec"] = with_defaults(out["Spec"])
         if out.get("PreviousSpec"):
@@ -90,10 +90,16 @@ async def inspect_service(ctx: Ctx, request: web.Request, ref: str) -> web.Respo
     return json_response(service_view(objs, resolve(objs, "services", ref), insert_defaults=insert))
 
 
+def registry_auth(request: web.Request) -> str:
+    """The client's encoded registry credentials (``docker service create --with-registry-auth``)."""
+    return request.headers.get("X-Registry-Auth", "")
+
+
 @route("POST", "/services/create")
 async def create_service(ctx: Ctx, request: web.Request) -> web.Response:
     spec = validate_spec(await read_json(request))
-    return json_response({"ID": await ctx.manager.create_service(spec), "Warnings": None}, 201)
+    sid = await ctx.manager.create_service(spec, registry_auth(request))
+    return json_response({"ID": sid, "Warnings": None}, 201)
 
 
 @route("POST", "/services/{ref}/update")
@@ -107,7 +113,13 @@ async def update_service(ctx: Ctx, request: web.Request, ref: str) -> web.Respon
         if not svc.get("PreviousSpec"):
             raise FailedPrecondition(f"service {svc['ID']} does not have a previous spec")
         body = svc["PreviousSpec"]
-    await manager.update_service(svc, version, validate_spec(body), rollback)
+    auth_from = request.rel_url.query.get("registryAuthFrom", "")
+    if auth_from not in ("", "spec", "previous-spec"):  # moby answers this with a 500
+        raise BadRequest("unsupported registryAuthFrom value")
+    if auth_from == "previous-spec" and not svc.get("PreviousSpec"):
+        raise BadRequest("service does not have a previous spec")
+    await manager.update_service(svc, version, validate_spec(body), rollback, registry_auth(request),
+                                 previous_auth=auth_from == "previous-spec")
     return json_response({"Warnings": None})
 
 

@@ -22,7 +22,7 @@ from shoal.manager.allocator import Allocator, normalise_networks, service_netwo
 from shoal.manager.ca import join_token
 from shoal.manager.events import SwarmEvents
 from shoal.manager.membership import cluster_of
-from shoal.manager.secrets import Sealer, cached_sealer, check_refs, reveal, users_of
+from shoal.manager.secrets import Sealer, cached_sealer, check_refs, reveal, seal_registry_auth, users_of
 from shoal.model.cluster import default_cluster_spec, merge_spec
 from shoal.model.errors import (
     APIError,
@@ -37,7 +37,7 @@ from shoal.model.ids import new_id, now
 from shoal.model.logs import LogLine, LogQuery
 from shoal.model.network import name_conflict, new_network
 from shoal.model.secrets import SINGULAR, validate_refs
-from shoal.model.service import mode_of
+from shoal.model.service import PREVIOUS_SEALED_AUTH, SEALED_AUTH, mode_of
 from shoal.model.views import NodeView
 from shoal.store.backup import backup
 from shoal.store.etcd import EtcdStore
@@ -162,16 +162,26 @@ class ControlAPI:
         normalise_networks(self.m.objs, spec)
         check_refs(self.m.objs, spec)
 
-    async def create_service(self, spec: dict) -> str:
+    async def create_service(self, spec: dict, registry_auth: str = "") -> str:
         async with self._refs:  # no secret or config is removed between the check and the write
             self._check_refs(spec)
             ts = now()
             svc = {"ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
                    "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}}
+            if registry_auth:
+                svc[SEALED_AUTH] = seal_registry_auth(self._sealer(), svc["ID"], registry_auth)
             await self._allocator().create_service(svc)
         return svc["ID"]
 
-    async def update_service(self, service: dict, version: int, spec: dict, rollback: bool) -> None:
+    def _registry_auth(self, service: dict, registry_auth: str, rollback: bool, previous: bool) -> str | None:
+        """The sealed credentials of an updated spec: the new ones, else those of the spec the update
+        starts from (Docker's ``registryAuthFrom``; a rollback goes back to the previous spec's)."""
+        if registry_auth:
+            return seal_registry_auth(self._sealer(), service["ID"], registry_auth)
+        return service.get(PREVIOUS_SEALED_AUTH if rollback or previous else SEALED_AUTH)
+
+    async def update_service(self, service: dict, version: int, spec: dict, rollback: bool,
+                             registry_auth: str = "", previous_auth: bool = False) -> None:
         if spec["Name"] != service["Spec"]["Name"]:
             raise Unimplemented("renaming services is not supported")
         if mode_of(spec) != mode_of(service["Spec"]):
@@ -183,6 +193,12 @@ class ControlAPI:
             new = copy.deepcopy(service)
             new["PreviousSpec"] = service["Spec"]
             new["Spec"] = spec
+            for key, sealed in ((PREVIOUS_SEALED_AUTH, service.get(SEALED_AUTH)),
+                                (SEALED_AUTH, self._registry_auth(service, registry_auth, rollback, previous_auth))):
+                if sealed:
+                    new[key] = sealed
+                else:
+                    new.pop(key, None)
             new["UpdatedAt"] = now()
             new["Endpoint"] = {**(service.get("Endpoint") or {}), "Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
             if spec.get("TaskTemplate") != service["Spec"].get("TaskTemplate"):

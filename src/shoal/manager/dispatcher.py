@@ -32,11 +32,13 @@ from shoal.cluster.messages import (
 )
 from shoal.manager import netmap
 from shoal.manager.netkeys import set_node_key
-from shoal.manager.secrets import Sealer, needed, payload
+from shoal.manager.secrets import Sealer, needed, payload, task_registry_auth
 from shoal.model import states
 from shoal.model.errors import OutOfSequence, StoreError
 from shoal.model.ids import now
 from shoal.model.network import valid_wg_key
+from shoal.model.service import SEALED_AUTH
+from shoal.model.task import REGISTRY_AUTH
 from shoal.model.views import ClusterView, NodeView
 from shoal.store.objects import Objects
 
@@ -99,6 +101,16 @@ def heartbeat_interval(objs: Objects) -> float:
     for c in objs.list("clusters"):
         period = ClusterView(c).heartbeat_period
     return max(0.1, min(1.0, period / 1e9 / 5))
+
+
+def for_node(sealer: Sealer | None, task: dict) -> dict:
+    """A task as its node gets it: the sealed pull credentials opened (only for the node that runs it)."""
+    if SEALED_AUTH not in task:
+        return task
+    out = {k: v for k, v in task.items() if k != SEALED_AUTH}
+    if auth := task_registry_auth(sealer, task):
+        out[REGISTRY_AUTH] = auth
+    return out
 
 
 def _fingerprint(task: dict) -> tuple:
@@ -365,7 +377,8 @@ class Dispatcher:
                         and (p := payload(self.objs, self.sealer, k, oid)) is not None] for k, ids in want.items()}
             gone = {k: sorted(s.deps_sent[k] - ids) for k, ids in want.items()}
             if full or changed or removed or any(deps.values()) or any(gone.values()):
-                await s.send(Assignments(full=full, tasks=changed, removed=removed, secrets=deps["secrets"],
+                await s.send(Assignments(full=full, tasks=[for_node(self.sealer, t) for t in changed],
+                                         removed=removed, secrets=deps["secrets"],
                                          configs=deps["configs"], removed_deps=gone))
             s.sent = {tid: _fingerprint(t) for tid, t in tasks.items()}
             s.deps_sent = {k: {p["ID"] for p in deps[k]} | (set() if full else s.deps_sent[k] & want[k])

@@ -10,6 +10,10 @@ secret and are stored as given.
 
 The dispatcher hands a node the secrets and configs of the tasks assigned to it (see
 :func:`needed`, :func:`payload`), decrypted, over the node's mutual-TLS session.
+
+A service's registry credentials (``X-Registry-Auth``) are sealed the same way (associated data: the
+service's ID), kept with the service and its tasks, and opened only for the node a task is assigned to
+(:func:`task_registry_auth`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shoal.model import states
 from shoal.model.errors import InvalidArgument
 from shoal.model.secrets import references
+from shoal.model.service import SEALED_AUTH
 from shoal.store.objects import Objects
 
 _INFO = b"shoal secrets data key v1"
@@ -115,6 +120,26 @@ def payload(objs: Objects, sealer: Sealer | None, kind: str, oid: str) -> dict |
     if obj["Spec"].get("Templating"):
         out["Templating"] = obj["Spec"]["Templating"]
     return out
+
+
+AUTH_KIND = "registry-auth"
+
+
+def seal_registry_auth(sealer: Sealer, service_id: str, encoded: str) -> str:
+    """The client's encoded registry credentials, sealed for the service's record."""
+    return sealer.seal(AUTH_KIND, service_id, encoded.encode())
+
+
+def task_registry_auth(sealer: Sealer | None, task: dict) -> str:
+    """The encoded credentials a task's node pulls its image with ("" when it has none, when it no longer
+    may run, or when they cannot be opened here)."""
+    sealed = task.get(SEALED_AUTH)
+    if not sealed or sealer is None or not needs_files(task):
+        return ""
+    try:
+        return sealer.open(AUTH_KIND, task.get("ServiceID") or "", sealed).decode()
+    except SealError:
+        return ""
 
 
 @functools.lru_cache(maxsize=4)

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from shoal.model.errors import BadRequest, InvalidArgument
+from shoal.model.spec_fields import check_task_fields
 
 SECOND = 1_000_000_000
 
@@ -17,6 +18,13 @@ DEFAULT_UPDATE = {
     "Order": "stop-first",
 }
 DEFAULT_STOP_GRACE = 10 * SECOND
+
+# The client's registry credentials (``X-Registry-Auth``, ``--with-registry-auth``), sealed, kept with the
+# service for its spec and its previous spec (swarmkit keeps them in each spec's PullOptions) and copied
+# to the tasks made from it; never shown by the API.
+SEALED_AUTH = "SealedRegistryAuth"
+PREVIOUS_SEALED_AUTH = "PreviousSealedRegistryAuth"
+INTERNAL_SERVICE_FIELDS = (SEALED_AUTH, PREVIOUS_SEALED_AUTH)
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?")
 _MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster"}
@@ -165,6 +173,7 @@ def _validate_task_template(tt: dict) -> None:
         for key in ("NanoCPUs", "MemoryBytes"):
             if ((res.get(part) or {}).get(key) or 0) < 0:
                 raise InvalidArgument(f"TaskSpec: {part} {key} cannot be negative")
+    check_task_fields(tt)  # the fields shoal honours or refuses (shoal.model.spec_fields)
 
 
 def _validate_mounts(mounts: Any) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from shoal.model.service import SEALED_AUTH
+
 # Task fields that are shoal's own bookkeeping, never shown by the API.
-INTERNAL_FIELDS = ("ServiceAnnotations", "SpecVersion")
+INTERNAL_FIELDS = ("ServiceAnnotations", "SpecVersion", SEALED_AUTH)
+# A task's registry credentials, opened, as the dispatcher hands them to the task's node only.
+REGISTRY_AUTH = "RegistryAuth"
 
 
 def public(task: dict) -> dict:

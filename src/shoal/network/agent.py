@@ -183,7 +183,12 @@ class NetworkAgent:
     def _endpoint(task: dict, att: dict) -> dict:
         # no Aliases: the engine's DNS would answer them (and the service name) with this container's
         # address to queriers on the same node, instead of the VIP; shoal's DNS answers them
-        return {"IPAMConfig": {"IPv4Address": ip_of(att["Addresses"][0])}}
+        ep: dict[str, Any] = {"IPAMConfig": {"IPv4Address": ip_of(att["Addresses"][0])}}
+        # `--network name=N,driver-opt=k=v`: the endpoint's driver options, as Docker's executor passes them
+        for conf in (task.get("Spec") or {}).get("Networks") or ():
+            if conf.get("Target") == att["Network"]["ID"] and conf.get("DriverOpts"):
+                ep["DriverOpts"] = dict(conf["DriverOpts"])
+        return ep
 
     def _dns_network(self, atts: list[dict]) -> str:
         """The network whose node address serves DNS: the first one that is not the ingress network.

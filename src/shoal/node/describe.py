@@ -12,18 +12,21 @@ from shoal.tls import NodeTLS
 
 
 async def describe(engine: Engine, tls: NodeTLS) -> dict:
-    """Hostname, platform, resources, engine version, labels and plugins (from ``GET /info``), and the
-    TLS information of the swarm's root CA."""
+    """Hostname, platform, resources (with the engine's generic resources), engine version, labels and
+    plugins (from ``GET /info``), and the TLS information of the swarm's root CA."""
     info = await engine.get_json("/info")
     labels = {}
     for item in info.get("Labels") or []:
         k, _, v = item.partition("=")
         labels[k] = v
     plugins = info.get("Plugins") or {}
+    resources = {"NanoCPUs": int(info.get("NCPU", 1)) * SECOND, "MemoryBytes": int(info.get("MemTotal", 0))}
+    if info.get("GenericResources"):  # the engine's node-generic-resources (e.g. gpu=UUID, ssd=2)
+        resources["GenericResources"] = info["GenericResources"]
     return {
         "Hostname": info.get("Name") or socket.gethostname(),
         "Platform": {"Architecture": info.get("Architecture", "x86_64"), "OS": info.get("OSType", "linux")},
-        "Resources": {"NanoCPUs": int(info.get("NCPU", 1)) * SECOND, "MemoryBytes": int(info.get("MemTotal", 0))},
+        "Resources": resources,
         "Engine": {"EngineVersion": info.get("ServerVersion", ""), "Labels": labels,
                    "Plugins": [{"Type": kind, "Name": n} for kind in ("Log", "Network", "Volume")
                                for n in plugins.get(kind) or []]},

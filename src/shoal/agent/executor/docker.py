@@ -36,8 +36,53 @@ def _mount(m: dict) -> dict:
     return out
 
 
+def security_options(privileges: dict | None) -> list[str]:
+    """``HostConfig.SecurityOpt`` for a ContainerSpec's Privileges, as Docker's executor words them (the API
+    refuses what the engines here cannot do: AppArmor, SELinux labels, credential specs)."""
+    priv = privileges or {}
+    out = []
+    seccomp = priv.get("Seccomp") or {}
+    if seccomp.get("Mode") == "unconfined":
+        out.append("seccomp=unconfined")
+    elif seccomp.get("Mode") == "custom":
+        out.append(f"seccomp={seccomp.get('Profile') or ''}")
+    if priv.get("NoNewPrivileges"):
+        out.append("no-new-privileges=true")
+    return out
+
+
+def memory_reservation(resources: dict) -> int:
+    """The container's soft memory limit: the task's reserved memory (never above its hard limit, which the
+    engine would refuse)."""
+    reserved = int((resources.get("Reservations") or {}).get("MemoryBytes") or 0)
+    limit = int((resources.get("Limits") or {}).get("MemoryBytes") or 0)
+    return min(reserved, limit) if limit else reserved
+
+
+def generic_resource_env(assigned: list[dict] | None) -> list[str]:
+    """``DOCKER_RESOURCE_<KIND>=v1,v2`` for the generic resources the scheduler gave the task (swarmkit's
+    ``EnvFormat``: named values joined, a discrete count as its number)."""
+    values: dict[str, list[str]] = {}
+    for res in assigned or []:
+        spec = res.get("NamedResourceSpec") or res.get("DiscreteResourceSpec") or {}
+        values.setdefault(spec.get("Kind", ""), []).append(str(spec.get("Value", "")))
+    return [f"DOCKER_RESOURCE_{kind.upper()}={','.join(v)}" for kind, v in values.items()]
+
+
+def port_status(info: dict) -> dict:
+    """The task's ``PortStatus``: the host ports its container is bound to, one entry per binding, as
+    Docker's executor reports them (``docker service ps`` shows them)."""
+    ports = []
+    for key, bindings in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        port, _, proto = key.partition("/")
+        for b in bindings or []:
+            ports.append({"Protocol": proto or "tcp", "TargetPort": int(port), "PublishedPort": int(b["HostPort"]),
+                          "PublishMode": "host"})
+    return {"Ports": ports} if ports else {}
+
+
 def container_config(task: dict, node_id: str, extra: dict | None = None) -> dict:
-    """The Engine API create body for a task's ContainerSpec."""
+    """The Engine API create body for a task's ContainerSpec (its templates already expanded)."""
     spec = task.get("Spec") or {}
     cs = spec.get("ContainerSpec") or {}
     name = task_name(task)
@@ -50,6 +95,7 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
     res = spec.get("Resources") or {}
     limits = res.get("Limits") or {}
     dns = cs.get("DNSConfig") or {}
+    log_driver = spec.get("LogDriver")  # --log-driver/--log-opt (else the engine's default)
     host: dict[str, Any] = {
         "Mounts": [_mount(m) for m in cs.get("Mounts") or []],
         "RestartPolicy": {"Name": "no"},
@@ -65,7 +111,12 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
         "DnsOptions": dns.get("Options"),
         "NanoCpus": limits.get("NanoCPUs") or 0,
         "Memory": limits.get("MemoryBytes") or 0,
+        "MemoryReservation": memory_reservation(res) or None,
         "PidsLimit": limits.get("Pids") or None,
+        "OomScoreAdj": cs.get("OomScoreAdj") or None,
+        "SecurityOpt": security_options(cs.get("Privileges")) or None,
+        "LogConfig": {"Type": log_driver.get("Name") or "", "Config": log_driver.get("Options") or {}}
+        if log_driver else None,
         "Init": cs.get("Init"),
         "Isolation": "" if cs.get("Isolation") in (None, "default") else cs["Isolation"],
     }
@@ -80,7 +131,7 @@ def container_config(task: dict, node_id: str, extra: dict | None = None) -> dic
         "ExposedPorts": {f"{p['TargetPort']}/{p.get('Protocol') or 'tcp'}": {} for p in host_ports},
         "Image": cs["Image"],
         "Labels": container_labels,
-        "Env": cs.get("Env") or [],
+        "Env": (cs.get("Env") or []) + generic_resource_env(task.get("GenericResources")),
         "WorkingDir": cs.get("Dir") or "",
         "User": cs.get("User") or "",
         "Hostname": cs.get("Hostname") or "",
@@ -196,10 +247,20 @@ class DockerExecutor:
         except DockerError:
             return False
 
-    async def pull(self, image: str) -> None:
+    async def pull(self, image: str, registry_auth: str = "") -> None:
+        """Pull ``image`` (``:latest`` when it names no tag), with the client's encoded credentials
+        (``X-Registry-Auth``) when the service was created with them."""
         ref = image if (":" in image.rsplit("/", 1)[-1] or "@" in image) else f"{image}:latest"
+        headers = {"X-Registry-Auth": registry_auth} if registry_auth else {}
         try:
-            await self.docker.images.pull(ref)
+            async with self.docker._query(
+                "images/create", method="POST", params={"fromImage": ref}, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+            ) as resp:
+                async for line in resp.content:  # the progress stream ends with the error, if any
+                    with contextlib.suppress(ValueError):
+                        if isinstance(msg := json.loads(line), dict) and msg.get("error"):
+                            raise ExecutorError(str(msg["error"]))
         except DockerError as e:
             raise ExecutorError(e.message) from None
 

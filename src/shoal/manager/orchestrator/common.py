@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from shoal.model import states
 from shoal.model.ids import new_id, now
+from shoal.model.service import SEALED_AUTH
 from shoal.model.views import ServiceView, TaskView
 from shoal.store.objects import Change, Objects
 
@@ -31,6 +32,8 @@ def new_task(service: dict, slot: int, node_id: str = "", desired: str = states.
     }
     if node_id:
         task["NodeID"] = node_id
+    if service.get(SEALED_AUTH):  # the pull credentials of the spec the task is made from
+        task[SEALED_AUTH] = service[SEALED_AUTH]
     if svc.endpoint:
         task["Endpoint"] = json.loads(json.dumps(svc.endpoint))
     elif svc.spec.get("EndpointSpec"):

@@ -66,6 +66,8 @@ class SchedulerController(Controller):
         for tid, nid in assigned.items():
             t = dict(tasks[tid])
             t["NodeID"] = nid
+            if generic := self.sched.generic_resources(tid):  # DOCKER_RESOURCE_<KIND> in its environment
+                t["GenericResources"] = generic
             t["Status"] = {**t["Status"], "State": states.ASSIGNED, "Timestamp": ts,
                            "Message": states.MESSAGES[states.ASSIGNED]}
             t["Status"].pop("Err", None)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from shoal.model.constraint import Constraint, attrs_match, parse
 
-from .nodeinfo import NodeInfo, normalize_arch, task_host_ports, task_reservations
+from .nodeinfo import NodeInfo, normalize_arch, task_generic, task_host_ports, task_reservations
 
 Task = dict[str, Any]
 
@@ -56,22 +56,25 @@ class ReadyFilter(Filter):
 
 
 class ResourceFilter(Filter):
-    """Node must have the reserved CPU and memory still available."""
+    """Node must have the reserved CPU, memory and generic resources still available."""
 
     dynamic = True
 
     def __init__(self) -> None:
         self.nano_cpus = 0
         self.memory_bytes = 0
+        self.generic: tuple[tuple[str, int], ...] = ()
 
     def set_task(self, task: Task) -> bool:
         self.nano_cpus, self.memory_bytes = task_reservations(task)
-        return bool(self.nano_cpus or self.memory_bytes)
+        self.generic = task_generic(task)
+        return bool(self.nano_cpus or self.memory_bytes or self.generic)
 
     def check(self, ni: NodeInfo) -> bool:
         return (
             self.nano_cpus <= ni.total_nano_cpus - ni.reserved_nano_cpus
             and self.memory_bytes <= ni.total_memory_bytes - ni.reserved_memory_bytes
+            and (not self.generic or ni.has_generic(self.generic))
         )
 
     def explain(self, nodes: int) -> str:

@@ -1,7 +1,9 @@
 """Per-node scheduling state (after swarmkit ``manager/scheduler/nodeinfo.go``).
 
 A :class:`NodeInfo` wraps a Node dict (Docker Engine API shape) and tracks what the tasks placed on it
-consume: active task counts (total and per service), reserved CPU/memory, published host ports and the
+consume: active task counts (total and per service), reserved CPU/memory, the generic resources the node's
+engine advertises (``node-generic-resources``: named ones like ``gpu=UUID`` are given out by value, discrete
+ones like ``ssd=2`` by count, as swarmkit's ``genericresource`` package does), published host ports and the
 recent failures of each service on the node. Tasks are tracked as small :class:`TaskRecord` tuples so
 that scheduling many identical tasks can share one record.
 """
@@ -34,6 +36,37 @@ def task_reservations(task: Task) -> tuple[int, int]:
     return int(res.get("NanoCPUs") or 0), int(res.get("MemoryBytes") or 0)
 
 
+Generic = tuple[tuple[str, "str | int"], ...]  # (kind, named value) or (kind, count)
+
+
+def task_generic(task: Task) -> tuple[tuple[str, int], ...]:
+    """``(kind, count)`` of every generic resource the task reserves (``--generic-resource gpu=1``)."""
+    res = ((task.get("Spec") or {}).get("Resources") or {}).get("Reservations") or {}
+    out = []
+    for r in res.get("GenericResources") or ():
+        d = r.get("DiscreteResourceSpec") or {}
+        if d.get("Kind") and int(d.get("Value") or 0) > 0:
+            out.append((d["Kind"], int(d["Value"])))
+    return tuple(out)
+
+
+def generic_tuples(resources: list[dict] | None) -> Generic:
+    """API GenericResources as ``(kind, value)`` tuples: a named value is a str, a discrete count an int."""
+    out: list[tuple[str, str | int]] = []
+    for r in resources or ():
+        if r.get("NamedResourceSpec"):
+            out.append((r["NamedResourceSpec"].get("Kind", ""), str(r["NamedResourceSpec"].get("Value", ""))))
+        elif r.get("DiscreteResourceSpec"):
+            out.append((r["DiscreteResourceSpec"].get("Kind", ""), int(r["DiscreteResourceSpec"].get("Value") or 0)))
+    return tuple(out)
+
+
+def generic_api(claim: Generic) -> list[dict]:
+    """``(kind, value)`` tuples back to the API's GenericResources."""
+    return [{"NamedResourceSpec": {"Kind": k, "Value": v}} if isinstance(v, str)
+            else {"DiscreteResourceSpec": {"Kind": k, "Value": v}} for k, v in claim]
+
+
 def task_host_ports(task: Task) -> tuple[tuple[str, int], ...]:
     """``(protocol, published port)`` of every host-mode port the task publishes."""
     ports = (task.get("Endpoint") or {}).get("Ports") or ()
@@ -54,11 +87,15 @@ class TaskRecord(NamedTuple):
     memory_bytes: int = 0
     host_ports: tuple[tuple[str, int], ...] = ()
     active: bool = True
+    generic: tuple[tuple[str, int], ...] = ()  # generic resources reserved: (kind, count)
+    assigned: Generic = ()  # the ones the task was given (GenericResources), once it was scheduled
 
     @classmethod
     def from_task(cls, task: Task) -> TaskRecord:
         cpus, mem = task_reservations(task)
-        return cls(task.get("ServiceID") or "", cpus, mem, task_host_ports(task), desired_active(task))
+        generic = task_generic(task)
+        return cls(task.get("ServiceID") or "", cpus, mem, task_host_ports(task), desired_active(task), generic,
+                   generic_tuples(task.get("GenericResources")) if generic else ())
 
 
 class NodeInfo:
@@ -78,6 +115,9 @@ class NodeInfo:
         "active_tasks",
         "active_by_service",
         "host_ports",
+        "generic_total",
+        "generic_free",
+        "generic_claims",
         "failures",
         "_last_cleanup",
     )
@@ -89,6 +129,9 @@ class NodeInfo:
         self.reserved_nano_cpus = 0
         self.reserved_memory_bytes = 0
         self.host_ports: dict[tuple[str, int], int] = {}
+        self.generic_total: dict[str, list[str] | int] = {}  # kind -> named values, or a count
+        self.generic_free: dict[str, list[str] | int] = {}
+        self.generic_claims: dict[str, Generic] = {}  # task id -> what it holds
         self.failures: dict[str, list[float]] = {}
         self._last_cleanup = 0.0
         self.set_node(node)
@@ -116,6 +159,61 @@ class NodeInfo:
         res = desc.get("Resources") or {}
         self.total_nano_cpus = int(res.get("NanoCPUs") or 0)
         self.total_memory_bytes = int(res.get("MemoryBytes") or 0)
+        total: dict[str, list[str] | int] = {}
+        for kind, value in generic_tuples(res.get("GenericResources")):
+            have = total.get(kind)
+            if isinstance(value, str):
+                total[kind] = [*(have if isinstance(have, list) else []), value]
+            else:
+                total[kind] = value
+        self.generic_total = total
+        # what the tracked tasks hold stays theirs (swarmkit's sanitize: values the node no longer has are gone)
+        self.generic_free = {k: list(v) if isinstance(v, list) else v for k, v in total.items()}
+        for claim in self.generic_claims.values():
+            self._consume(claim)
+
+    def has_generic(self, wanted: tuple[tuple[str, int], ...]) -> bool:
+        """Whether the node has ``count`` free of each kind (swarmkit's ``HasEnough``)."""
+        for kind, count in wanted:
+            free = self.generic_free.get(kind)
+            have = len(free) if isinstance(free, list) else (free or 0)
+            if count > have:
+                return False
+        return True
+
+    def _consume(self, claim: Generic) -> None:
+        for kind, value in claim:
+            free = self.generic_free.get(kind)
+            if isinstance(value, str) and isinstance(free, list) and value in free:
+                free.remove(value)
+            elif isinstance(value, int) and isinstance(free, int):
+                self.generic_free[kind] = free - value
+
+    def _claim(self, rec: TaskRecord) -> Generic:
+        """What a task takes: the resources it was given, else the first free values (or the count) of each
+        kind it reserves (swarmkit's ``Claim``)."""
+        if rec.assigned:
+            claim = rec.assigned
+        else:
+            picked: list[tuple[str, str | int]] = []
+            for kind, count in rec.generic:
+                free = self.generic_free.get(kind)
+                if isinstance(free, list):
+                    picked.extend((kind, v) for v in free[:count])
+                elif isinstance(free, int) and free >= count:
+                    picked.append((kind, count))
+            claim = tuple(picked)
+        self._consume(claim)
+        return claim
+
+    def _reclaim(self, claim: Generic) -> None:
+        for kind, value in claim:
+            total, free = self.generic_total.get(kind), self.generic_free.get(kind)
+            if isinstance(value, str) and isinstance(total, list) and value in total and isinstance(free, list) \
+                    and value not in free:
+                free.append(value)
+            elif isinstance(value, int) and isinstance(total, int) and isinstance(free, int):
+                self.generic_free[kind] = min(total, free + value)
 
     @property
     def available_nano_cpus(self) -> int:
@@ -133,6 +231,8 @@ class NodeInfo:
                 return False
             self.remove_task(task_id)
         self.tasks[task_id] = rec
+        if rec.generic:
+            self.generic_claims[task_id] = self._claim(rec)
         if rec.nano_cpus or rec.memory_bytes:
             self.reserved_nano_cpus += rec.nano_cpus
             self.reserved_memory_bytes += rec.memory_bytes
@@ -157,6 +257,9 @@ class NodeInfo:
             return False
         self.reserved_nano_cpus -= rec.nano_cpus
         self.reserved_memory_bytes -= rec.memory_bytes
+        claim = self.generic_claims.pop(task_id, None)
+        if claim:
+            self._reclaim(claim)
         for port in rec.host_ports:
             left = self.host_ports.get(port, 0) - 1
             if left > 0:

@@ -46,6 +46,8 @@ from .nodeinfo import (
     NodeInfo,
     TaskRecord,
     desired_active,
+    generic_api,
+    task_generic,
     task_host_ports,
     task_reservations,
 )
@@ -174,6 +176,12 @@ class Scheduler:
         orphans[task_id] = rec
         return changed
 
+    def generic_resources(self, task_id: str) -> list[dict]:
+        """The generic resources a tracked task holds on its node, as the API's ``GenericResources``."""
+        ni = self._nodes.get(self._task_node.get(task_id, ""))
+        claim = ni.generic_claims.get(task_id) if ni is not None else None
+        return generic_api(claim) if claim else []
+
     # -- scheduling -----------------------------------------------------------------------------
 
     def schedule(self, tasks: Iterable[Task]) -> tuple[dict[str, str], dict[str, str]]:
@@ -192,7 +200,8 @@ class Scheduler:
             spec = task.get("Spec") or {}
             hit = spec_keys.get(id(spec))
             if hit is None or hit[0] is not spec:
-                hit = spec_keys[id(spec)] = (spec, (repr(spec.get("Placement")), task_reservations(task)))
+                hit = spec_keys[id(spec)] = (spec, (repr(spec.get("Placement")), task_reservations(task),
+                                                    task_generic(task)))
             key = (
                 task.get("ServiceID") or "",
                 strategy_name(task),
