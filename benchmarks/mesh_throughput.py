@@ -1,6 +1,8 @@
 """Routing mesh and VIP throughput against direct access, in a 3-host lab (wrk from worker2, the
-tasks on manager and worker1); the time from `docker service scale` to the load balancer using the
-new task; and what Docker's own routing mesh does on this kernel (no IPVS).
+tasks on manager and worker1), over a clear and an encrypted overlay network (`--opt encrypted`:
+VXLAN through WireGuard) side by side, plus a bulk TCP transfer over each; the time from
+`docker service scale` to the load balancer using the new task; and what Docker's own routing mesh does
+on this kernel (no IPVS).
 
 Run: .venv/bin/python benchmarks/mesh_throughput.py  (installs wrk with apt if it is missing)
 """
@@ -26,6 +28,13 @@ DURATION = 8
 ROUNDS = 3
 PAUSE = 62  # s: TIME_WAIT lasts 60 s on Linux
 FETCH = Path(__file__).resolve().parents[1] / "tests" / "cluster" / "fetch.py"
+BULK_MB = 200  # one bulk transfer
+BULK_PORT = 9100
+SINK = ("import socket,sys,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(1);print('ready',flush=True)\nc,_=s.accept();n=0\n"
+        "t0=time.monotonic()\nwhile (b:=c.recv(1<<20)):\n  n+=len(b)\nprint(n,time.monotonic()-t0,flush=True)\n")
+SOURCE = ("import socket,sys\nc=socket.create_connection((sys.argv[1],int(sys.argv[2])))\nbuf=bytes(1<<20)\n"
+          "for _ in range(int(sys.argv[3])):\n  c.sendall(buf)\nc.close()\n")
 
 
 def quiet(_m: str) -> None:
@@ -82,38 +91,66 @@ def task_ips(lab: Lab, service: str, net_id: str) -> list[str]:
     return ips
 
 
+def node_addr(lab: Lab, host: str, net_id: str) -> str:
+    """The host's own address on a network (on its bridge, beside the VIPs' /32s)."""
+    out = lab.exec(host, "ip", "-4", "-o", "addr", "show", "dev", "sbr-" + net_id[:10], check=True).stdout
+    return next(f.split("/")[0] for line in out.splitlines() for f in line.split()
+                if "/" in f and not f.endswith("/32"))
+
+
+def bulk(lab: Lab, pid: int, dst: str) -> float:
+    """MB/s of one TCP stream of BULK_MB from the client container on worker2 to worker1's address ``dst``."""
+    sink = subprocess.Popen(lab.host("worker1").enter(sys.executable, "-c", SINK, str(BULK_PORT)),
+                            stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    subprocess.run(["nsenter", "-t", str(lab.host("worker2").holder), "-m", "-u", "-n", "--", "nsenter", "-t",
+                    str(pid), "-n", "--", sys.executable, "-c", SOURCE, dst, str(BULK_PORT), str(BULK_MB)],
+                   check=True, timeout=300)
+    n, secs = sink.communicate(timeout=60)[0].split()
+    return int(n) / float(secs) / 1e6
+
+
 def shoal_side() -> dict:
     lab = Lab.up(workers=2, swarm=True, out=quiet)
     try:
         d = lambda *a, **k: lab.docker("manager", *a, **k)  # noqa: E731
         d("network", "create", "-d", "overlay", "bench-net")
-        d("service", "create", "--name", "web", "-p", "8080:80", "--network", "bench-net", "--replicas=2",
-          "--constraint", "node.hostname!=worker2", WEB)
-        d("service", "create", "--name", "client", "--network", "bench-net", "--constraint", "node.hostname==worker2",
-          "shoal/demo-busybox:latest", "sleep", "3600")
-        net_id = d("network", "inspect", "bench-net", "--format", "{{.Id}}").stdout.strip()
+        d("network", "create", "-d", "overlay", "--opt", "encrypted", "bench-sec")
+        d("service", "create", "--name", "web", "-p", "8080:80", "--network", "bench-net", "--network", "bench-sec",
+          "--replicas=2", "--constraint", "node.hostname!=worker2", WEB)
+        d("service", "create", "--name", "client", "--network", "bench-net", "--network", "bench-sec",
+          "--constraint", "node.hostname==worker2", "shoal/demo-busybox:latest", "sleep", "3600")
+        nets = {n: d("network", "inspect", n, "--format", "{{.Id}}").stdout.strip() for n in ("bench-net", "bench-sec")}
         svc = json.loads(d("service", "inspect", "web").stdout)[0]
-        vip = next(v for v in svc["Endpoint"]["VirtualIPs"] if v["NetworkID"] == net_id)["Addr"].split("/")[0]
-        ips = task_ips(lab, "web", net_id)
+        vips = {name: next(v for v in svc["Endpoint"]["VirtualIPs"] if v["NetworkID"] == nid)["Addr"].split("/")[0]
+                for name, nid in nets.items()}
+        ips = {name: task_ips(lab, "web", nid) for name, nid in nets.items()}
         cid = lab.engine_docker("worker2", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=client").stdout
         pid = int(lab.engine_docker("worker2", "inspect", "-f", "{{.State.Pid}}", cid.strip()).stdout)
         time.sleep(1)
-        runs: dict[str, list[dict]] = {"direct": [], "vip": [], "mesh": []}
+        runs: dict[str, list[dict]] = {"direct": [], "vip": [], "direct_enc": [], "vip_enc": [], "mesh": []}
+        bulks: dict[str, list[float]] = {"clear": [], "encrypted": []}
         for _ in range(ROUNDS):  # interleaved, so that drift in the machine's load hits every path alike
             # busybox httpd closes every connection, so each run leaves ~20,000 sockets in TIME_WAIT on the
             # same few address pairs; a run started before they expire (60 s) measures port reuse, not the
             # path: pause between runs
-            time.sleep(PAUSE)
-            # from a task container on worker2: straight to the two tasks (together), then through their VIP
-            runs["direct"].append(combine(run_in(lab, "worker2", pid, [wrk_cmd(f"http://{ip}:80/", 8) for ip in ips])))
-            time.sleep(PAUSE)
-            runs["vip"].append(combine(run_in(lab, "worker2", pid, [wrk_cmd(f"http://{vip}:80/", 8)] * 2)))
+            for suffix, net in (("", "bench-net"), ("_enc", "bench-sec")):
+                time.sleep(PAUSE)
+                # from a task container on worker2: straight to the two tasks (together), then through their VIP
+                runs["direct" + suffix].append(combine(run_in(lab, "worker2", pid, [
+                    wrk_cmd(f"http://{ip}:80/", 8) for ip in ips[net]])))
+                time.sleep(PAUSE)
+                runs["vip" + suffix].append(combine(run_in(lab, "worker2", pid, [
+                    wrk_cmd(f"http://{vips[net]}:80/", 8)] * 2)))
+            for kind, net in (("clear", "bench-net"), ("encrypted", "bench-sec")):
+                bulks[kind].append(bulk(lab, pid, node_addr(lab, "worker1", nets[net])))
             time.sleep(PAUSE)
             # from worker2's own network namespace, to worker1's published port
             runs["mesh"].append(combine(run_in(lab, "worker2", None,
                                                [wrk_cmd(f"http://{lab.host('worker1').ip}:8080/", 8)] * 2)))
         res: dict = {name: median_run(r) for name, r in runs.items()}
         res["runs"] = {name: [round(r["rps"]) for r in rs] for name, rs in runs.items()}
+        res["bulk"] = bulks
         res["scale"] = scale_lag(lab)
         return res
     finally:
@@ -175,11 +212,16 @@ def main() -> int:
     direct = s["direct"]["rps"]
     print(f"direct to the 2 tasks' IPs (from a container on worker2): {direct:.0f} req/s, avg latency "
           f"{s['direct']['avg_ms']:.2f} ms, p99 {s['direct']['p99_ms']:.2f} ms")
-    for name in ("vip", "mesh"):
+    labels = {"vip": "service VIP (same container)", "direct_enc": "encrypted network, direct to the 2 tasks",
+              "vip_enc": "encrypted network, service VIP", "mesh": "routing mesh (worker2 → worker1:8080)"}
+    for name, label in labels.items():
         r = s[name]
-        label = "routing mesh (worker2 → worker1:8080)" if name == "mesh" else "service VIP (same container)"
         print(f"{label}: {r['rps']:.0f} req/s ({r['rps'] / direct:.2f} of direct), avg latency {r['avg_ms']:.2f} ms, "
               f"p99 {r['p99_ms']:.2f} ms {r['errors']}")
+    b = {k: sorted(v)[len(v) // 2] for k, v in s["bulk"].items()}
+    print(f"bulk TCP, {BULK_MB} MB from the client container on worker2 to worker1 (MB/s, {ROUNDS} rounds): "
+          + "; ".join(f"{k} {[round(x) for x in v]}" for k, v in s["bulk"].items())
+          + f" — median encrypted/clear {b['encrypted'] / b['clear']:.2f}")
     sc = s["scale"]
     print(f"scale 2→3: new task running after {sc['to_running']:.2f} s, first request through the mesh to it after "
           f"{sc['to_served']:.2f} s")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--no-networking", action="store_true",
                    help="no overlay networks on this host (e.g. a second shoald sharing a host for tests)")
     d.add_argument("--plugin-dir", default="/run/docker/plugins", help="where the engine looks for plugins")
+    d.add_argument("--overlay-key-rotation", type=float, metavar="SECONDS",
+                   default=float(os.environ.get("SHOAL_OVERLAY_KEY_ROTATION") or 12 * 3600),
+                   help="seconds between an encrypted network's keys, while this node leads (default 12 h, "
+                        "or $SHOAL_OVERLAY_KEY_ROTATION)")
     d.add_argument("--debug", action="store_true")
     add_lab_parser(sub)
     operations.add_parsers(sub)
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = Options(data_dir=Path(args.data_dir), socket=args.socket, engine=args.engine,
                        etcd_client_port=args.etcd_client_port, etcd_peer_port=args.etcd_peer_port,
                        listen_addr=args.listen_addr, advertise_addr=args.advertise_addr,
-                       networking=not args.no_networking, plugin_dir=Path(args.plugin_dir))
+                       networking=not args.no_networking, plugin_dir=Path(args.plugin_dir),
+                       overlay_key_rotation=args.overlay_key_rotation)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_run_daemon(opts))
     return 0

@@ -15,7 +15,7 @@ import pytest
 from shoal.agent import session as agent_session
 from shoal.agent.session import RemoteSession
 from shoal.cluster.client import ClusterClient
-from shoal.cluster.messages import Description, Heartbeat, Hello, Message
+from shoal.cluster.messages import Description, Heartbeat, Hello, Message, StatusReport
 from shoal.cluster.server import Channel, ClusterServer, Peer
 from shoal.manager.ca import make_root_ca
 from shoal.manager.dispatcher import Dispatcher
@@ -252,3 +252,47 @@ async def test_description_does_not_change_when_the_engine_lists_shoals_driver(t
         {"Type": "Network", "Name": "null"}, {"Type": "Network", "Name": "overlay"},
         {"Type": "Network", "Name": "shoal"}, {"Type": "Volume", "Name": "local"}]
     assert before["Engine"]["Labels"] == {"zone": "a"}  # "bare" has no "=": Docker skips it
+
+
+async def new_task(objs: Objects, node_id: str) -> str:
+    task = {"ID": new_id(), "CreatedAt": now(), "UpdatedAt": now(), "ServiceID": new_id(), "Slot": 1,
+            "NodeID": node_id, "DesiredState": "running", "Spec": {},
+            "Status": {"State": "assigned", "Timestamp": now()}}
+    return (await objs.create("tasks", task))["ID"]
+
+
+async def test_a_node_cannot_report_the_status_of_another_nodes_task(objs: CountingObjects,
+                                                                      tmp_path: Path) -> None:
+    """Issue 12: a session for node A set node B's task to failed and got an ack. Now the dispatcher
+    refuses it (unwritten), the agent drops the report, and its own reports are still stored."""
+    a, b = await new_node(objs), await new_node(objs)
+    theirs, mine = await new_task(objs, b), await new_task(objs, a)
+    ca = make_root_ca()
+    manager = Manager(objs, node_tls(tmp_path, ca, Manager.node_id, "manager"))
+    await manager.start()
+    client = ClusterClient(node_tls(tmp_path, ca, a, "worker").client_context)
+
+    async def describe() -> dict:
+        return describe_as({})
+
+    agent = RemoteSession([f"127.0.0.1:{manager.port}"], client, describe)
+    agent.start()
+    try:
+        await wait_until(agent.connected.is_set)
+        await agent.report(theirs, {"State": "failed", "Timestamp": now(), "Err": "forged"})
+        await agent.report(mine, {"State": "running", "Timestamp": now()})
+        await wait_until(lambda: objs.get("tasks", mine)["Status"]["State"] == "running")
+        await wait_until(lambda: not agent._pending)  # the refused report is dropped, not sent again
+        assert objs.get("tasks", theirs)["Status"] == {"State": "assigned",
+                                                       "Timestamp": objs.get("tasks", theirs)["Status"]["Timestamp"]}
+        reports = [m for m in manager.received if m["type"] == "status"]
+        assert [m["id"] for m in reports] == [theirs, mine]
+        # the same through the dispatcher directly: node B's own report of it is stored
+        s = manager.dispatcher.sessions[a]
+        other = await manager.dispatcher.open(b, "worker", s.channel, Hello(), "127.0.0.1")
+        await manager.dispatcher.receive(other, StatusReport(id=theirs, status={"State": "running",
+                                                                                "Timestamp": now()}, seq=1))
+        assert objs.get("tasks", theirs)["Status"]["State"] == "running"
+    finally:
+        await agent.close()
+        await manager.server.stop()

@@ -42,6 +42,7 @@ class AgentConfig:
     task_files: Path  # the tmpfs for the tasks' secret and config files
     networking: bool = True  # overlay networks, VIPs, routing mesh, DNS on this host
     plugin_dir: Path = Path("/run/docker/plugins")
+    tunnel_key: Path | None = None  # this node's WireGuard private key (encrypted overlays); None: in memory
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ class Agent:
         self.cfg = cfg
         self.engine = engine
         self.ask_leader = ask_leader
-        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role)
+        self.network = NetworkAgent(cfg.node_id, f"unix://{cfg.engine}", cfg.plugin_dir,
+                                    tunnel_key=cfg.tunnel_key) if cfg.networking else None
+        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role,
+                                     wg_key=self.network.public_key if self.network is not None else "")
         self.executor = DockerExecutor(f"unix://{cfg.engine}")
-        self.network = NetworkAgent(cfg.node_id, f"unix://{cfg.engine}", cfg.plugin_dir) if cfg.networking else None
         self.files = TaskFiles(cfg.task_files, self.session)
         self._tasks: list[asyncio.Task] = []
 

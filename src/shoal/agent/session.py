@@ -26,6 +26,7 @@ from shoal.cluster.messages import (
     Message,
     Nack,
     NetworkMap,
+    Refused,
     RoleChange,
     SessionConfig,
     SessionError,
@@ -43,8 +44,9 @@ class RemoteSession:
     """The agent's session with the leader (any manager sends it there)."""
 
     def __init__(self, managers: list[str], client: ClusterClient, describe: Callable[[], Awaitable[dict]],
-                 addr: str = "", on_role: Callable[[str, str], None] | None = None) -> None:
+                 addr: str = "", on_role: Callable[[str, str], None] | None = None, wg_key: str = "") -> None:
         self.managers = list(managers)
+        self.wg_key = wg_key  # this node's WireGuard public key (encrypted overlays)
         self.client = client
         self.describe = describe
         self.addr = addr
@@ -136,7 +138,7 @@ class RemoteSession:
     async def _serve(self, sock: SessionSocket) -> None:
         description = self._latest = await self.describe()
         self._unsent_description = None
-        await sock.send(Hello(description=description, addr=self.addr))
+        await sock.send(Hello(description=description, addr=self.addr, wg_key=self.wg_key))
         self._described = description
         welcome = await sock.receive(timeout=10)
         if isinstance(welcome, SessionError):
@@ -229,6 +231,11 @@ class RemoteSession:
             sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:
                 del self._pending[sent[0]]
+        elif isinstance(msg, Refused):  # never to be stored: drop it
+            sent = self._inflight.pop(msg.seq, None)
+            if sent is not None and self._pending.get(sent[0]) is sent[1]:
+                del self._pending[sent[0]]
+            log.warning("manager refused a status report: %s", msg.message)
         elif isinstance(msg, Nack):  # the manager could not store it: try again shortly
             sent = self._inflight.pop(msg.seq, None)
             if sent is not None and self._pending.get(sent[0]) is sent[1]:

@@ -17,8 +17,10 @@ from shoal.aio import drain
 from shoal.api.filters import parse_filters
 from shoal.api.proxy import engine_path
 from shoal.api.server import Ctx, error_response, route
+from shoal.api.stream import cut_off, write
 from shoal.model.errors import BadRequest
 
+OUT_BACKLOG = 256  # lines merged for one client and not yet written to it
 NAME_FILTERS = ("daemon", "container", "plugin", "volume", "network", "service", "node", "secret", "config")
 
 
@@ -94,11 +96,7 @@ async def events(ctx: Ctx, request: web.Request) -> web.StreamResponse:
             t = ev["timeNano"]
             return (since is None or t >= since) and (until is None or t <= until) and matches(f, ev)
 
-        if since is not None:
-            for ev in list(recorder.history):
-                if wanted(ev):
-                    await resp.write((json.dumps(ev) + "\n").encode())
-        out: asyncio.Queue = asyncio.Queue()
+        out: asyncio.Queue[bytes] = asyncio.Queue(maxsize=OUT_BACKLOG)
 
         async def from_engine() -> None:
             async for line in engine.content:
@@ -108,6 +106,10 @@ async def events(ctx: Ctx, request: web.Request) -> web.StreamResponse:
         async def from_swarm() -> None:
             while True:
                 ev = await sub.get()
+                if ev is None:  # this client fell too far behind the swarm's events
+                    cut_off(request, "too far behind the swarm's events")
+                    engine_task.cancel()
+                    return
                 if wanted(ev):
                     await out.put((json.dumps(ev) + "\n").encode())
 
@@ -120,10 +122,14 @@ async def events(ctx: Ctx, request: web.Request) -> web.StreamResponse:
         swarm_task = asyncio.create_task(from_swarm())
         deadline = asyncio.create_task(until_deadline())
         try:
-            if until is not None and until <= time.time_ns():
-                await engine_task  # only the past: the engine's replay, then done
+            if since is not None:
+                for ev in list(recorder.history):
+                    if wanted(ev):
+                        await write(request, resp, (json.dumps(ev) + "\n").encode())
             async for data in drain(out, {engine_task, deadline} if until is not None else {engine_task}):
-                await resp.write(data)
+                await write(request, resp, data)
+        except ConnectionError:  # the client went away, or was cut off
+            return resp
         finally:
             for t in (engine_task, swarm_task, deadline):
                 t.cancel()

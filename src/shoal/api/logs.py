@@ -18,6 +18,7 @@ from aiohttp import web
 from shoal.api.query import bool_value
 from shoal.api.resolve import resolve
 from shoal.api.server import Ctx, route
+from shoal.api.stream import write
 from shoal.model.errors import APIError, BadRequest
 from shoal.model.labels import NODE_ID, SERVICE_ID, TASK_ID
 from shoal.model.logs import LogLine, LogQuery
@@ -85,7 +86,9 @@ async def _stream(ctx: Ctx, request: web.Request, svc: dict, task: dict | None) 
                 data = line.timestamp.encode() + b" " + data
             if mux:
                 data = bytes((line.stream, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
-            await resp.write(data)
+            await write(request, resp, data)
+    except ConnectionError:  # the client went away, or was cut off
+        return resp
     finally:
         await lines.aclose()
     with contextlib.suppress(ConnectionError):

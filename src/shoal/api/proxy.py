@@ -17,14 +17,14 @@ from aiohttp import web
 
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
        "transfer-encoding", "upgrade", "host", "content-length"}
-_HIJACK_PATH = re.compile(r"/(containers/[^/]+/attach|exec/[^/]+/start)$")
-_VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_HIJACK_PATH = re.compile(r"/(containers/[^/]+/attach|exec/[^/]+/start)\Z")
+_VERSION = re.compile(r"/v(\d+)\.(\d+)(/.*)", re.S)
 log = logging.getLogger(__name__)
 
 
 def engine_path(path: str, engine_api: tuple[int, int]) -> str:
     """Cap a versioned path at the engine's API version (our clients may speak a newer one)."""
-    m = _VERSION.match(path)
+    m = _VERSION.fullmatch(path)
     if not m:
         return path
     ver = (int(m.group(1)), int(m.group(2)))

@@ -26,7 +26,7 @@ from shoal.model.errors import APIError, BadRequest, StoreError
 
 log = logging.getLogger(__name__)
 
-_VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_VERSION = re.compile(r"/v(\d+)\.(\d+)(/.*)", re.S)
 MIN_API = (1, 24)
 MAX_API = (1, 50)
 FORWARDED_HEADERS = ("content-type", "x-registry-auth")  # what a write passed to the leader keeps
@@ -51,7 +51,7 @@ _routes: list[tuple[str, re.Pattern, Handler, bool]] = []
 def route(method: str, pattern: str, manager: bool = True) -> Callable[[Handler], Handler]:
     """Register a handler for ``method`` and a path pattern with ``{name}`` parts.
     ``manager``: the endpoint needs this node to be an active swarm manager (and its writes the leader)."""
-    rx = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+    rx = re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern))
 
     def deco(fn: Handler) -> Handler:
         _routes.append((method, rx, fn, manager))
@@ -81,7 +81,7 @@ async def read_json(request: web.Request) -> Any:
 
 
 def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
-    m = _VERSION.match(path)
+    m = _VERSION.fullmatch(path)
     if not m:
         return None, path
     return (int(m.group(1)), int(m.group(2))), m.group(3)
@@ -119,7 +119,7 @@ def make_app(control: Control) -> web.Application:
         for method, rx, fn, manager in _routes:
             if method != request.method and not (method == "GET" and request.method == "HEAD"):
                 continue
-            m = rx.match(path)
+            m = rx.fullmatch(path)
             if not m:
                 continue
             try:

@@ -8,13 +8,16 @@ Two kinds travel:
   ``/logs``, ``/api/*``): JSON bodies of the same shape (the ``"type"`` is carried too).
 
 :func:`encode` and :func:`decode` are the only places that turn them into JSON and back; decoding drops
-unknown fields and refuses a message without its required fields (:class:`ProtocolError`), so the two
+unknown fields and refuses a message without its required fields or with a field of the wrong JSON type
+(:class:`ProtocolError`), so the two
 ends may differ by a field as versions move on. docs/protocol.md lists every message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -40,6 +43,8 @@ class Message:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.TYPE:
+            if cls.TYPE in _TYPES:
+                raise TypeError(f"message type {cls.TYPE!r} is taken by {_TYPES[cls.TYPE].__name__}")
             _TYPES[cls.TYPE] = cls
 
     def to_wire(self) -> dict[str, Any]:
@@ -53,6 +58,21 @@ def encode(msg: Message) -> bytes:
     return orjson.dumps(msg.to_wire())
 
 
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), int: (int,), float: (int, float), bool: (bool,),
+                                             dict: (dict,), list: (list,)}
+
+
+@functools.cache
+def _wire_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:
+    """The JSON type each field must have on the wire (fields of other types are not checked)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        kinds = _JSON_TYPES.get(typing.get_origin(hint) or hint)
+        if kinds is not None:
+            out[name] = kinds
+    return out
+
+
 def from_wire(data: Any, want: type[M] | None = None) -> M:
     """The message a decoded JSON object holds (of type ``want``, when given)."""
     if not isinstance(data, dict):
@@ -61,9 +81,14 @@ def from_wire(data: Any, want: type[M] | None = None) -> M:
     if cls is None:
         raise ProtocolError(f"unknown message type {data.get('type')!r}")
     kwargs = {}
+    types = _wire_types(cls)
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = data[f.name]
+            value = data[f.name]
+            kinds = types.get(f.name)
+            if kinds is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+                raise ProtocolError(f"{cls.TYPE}: {f.name} must be a {kinds[-1].__name__}")
+            kwargs[f.name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ProtocolError(f"{cls.TYPE}: {f.name} is required")
     return cls(**kwargs)  # type: ignore[return-value]
@@ -81,11 +106,12 @@ def decode(raw: str | bytes, want: type[M] | None = None) -> M:
 
 @dataclass
 class Hello(Message):
-    """Agent → manager, first: the node's description and advertised address."""
+    """Agent → manager, first: the node's description, advertised address and WireGuard public key."""
 
     TYPE: ClassVar[str] = "hello"
     description: dict = field(default_factory=dict)
     addr: str = ""
+    wg_key: str = ""
 
 
 @dataclass
@@ -159,6 +185,16 @@ class Nack(Message):
 
     TYPE: ClassVar[str] = "nack"
     seq: int = 0
+
+
+@dataclass
+class Refused(Message):
+    """Manager → agent: the status report ``seq`` is refused for good (the task is not assigned to this
+    node); the agent drops it."""
+
+    TYPE: ClassVar[str] = "status-refused"
+    seq: int = 0
+    message: str = ""
 
 
 @dataclass

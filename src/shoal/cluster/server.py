@@ -48,6 +48,21 @@ from shoal.tls import peer_identity
 log = logging.getLogger(__name__)
 
 REMOVED = "rpc error: code = PermissionDenied desc = node has been removed from the swarm"
+JOIN_BODY_LIMIT = 1 << 20  # a join request is a CSR and the node's description: a few KiB
+
+
+async def read_at_most(request: web.Request, limit: int) -> bytes:
+    """The request's body, refused (413) as soon as it is known to exceed ``limit`` bytes: from its
+    Content-Length, before anything is read, or while it is read."""
+    too_large = APIError(f"request body exceeds {limit} bytes", 413)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 @dataclass(frozen=True)
@@ -241,7 +256,7 @@ class ClusterServer:
     async def _join(self, request: web.Request) -> web.Response:
         assert self.manager is not None
         try:
-            req = decode(await request.read(), JoinRequest)
+            req = decode(await read_at_most(request, JOIN_BODY_LIMIT), JoinRequest)
         except ProtocolError:
             return _error("invalid join request", 400)
         peer = request.transport.get_extra_info("peername") if request.transport else None

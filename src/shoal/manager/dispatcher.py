@@ -24,16 +24,19 @@ from shoal.cluster.messages import (
     Message,
     Nack,
     NetworkMap,
+    Refused,
     RoleChange,
     SessionConfig,
     StatusReport,
     Welcome,
 )
 from shoal.manager import netmap
+from shoal.manager.netkeys import set_node_key
 from shoal.manager.secrets import Sealer, needed, payload, task_registry_auth
 from shoal.model import states
 from shoal.model.errors import OutOfSequence, StoreError
 from shoal.model.ids import now
+from shoal.model.network import valid_wg_key
 from shoal.model.service import SEALED_AUTH
 from shoal.model.task import REGISTRY_AUTH
 from shoal.model.views import ClusterView, NodeView
@@ -56,10 +59,17 @@ def assigned_to(objs: Objects, node_id: str) -> list[dict]:
             if not states.before(t["Status"]["State"], states.ASSIGNED) and t.get("ServiceID")]
 
 
-async def update_status(objs: Objects, task_id: str, status: dict) -> bool:
-    """Apply an agent's report; False if the task is gone or the report is stale."""
+class NotAssigned(Exception):
+    """A node reported the status of a task that is not assigned to it."""
+
+
+async def update_status(objs: Objects, task_id: str, status: dict, node_id: str | None = None) -> bool:
+    """Apply an agent's report; False if the task is gone or the report is stale. With ``node_id`` (the
+    reporting session's node), a task assigned to another node raises :class:`NotAssigned` unwritten."""
 
     def apply(task: dict) -> bool:
+        if node_id is not None and task.get("NodeID") != node_id:
+            raise NotAssigned(f"task {task_id} is not assigned to node {node_id}")
         cur = task["Status"]["State"]
         new = status["State"]
         if states.before(new, cur):
@@ -155,7 +165,7 @@ class Dispatcher:
         self.last_seen[node_id] = self.clock.now()
 
     async def run(self) -> None:
-        watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes"))
+        watcher = self.objs.watcher(("tasks", "clusters", "services", "networks", "nodes", "netkeys", "nodekeys"))
         checker = asyncio.create_task(self._check_heartbeats(), name="heartbeats")
         interval = self.interval
         try:
@@ -268,6 +278,18 @@ class Dispatcher:
         await self.objs.modify("nodes", node_id, apply)
         return written
 
+    async def set_tunnel_key(self, node_id: str, key: str) -> None:
+        """Record the node's WireGuard public key (the encrypted overlays' peers learn it from their maps)."""
+        if not key:
+            return
+        if not valid_wg_key(key):
+            log.warning("dispatcher: node %s sent an invalid WireGuard key", node_id)
+            return
+        try:
+            await set_node_key(self.objs, node_id, key)
+        except (StoreError, OutOfSequence) as e:  # sent again with the next session
+            log.warning("dispatcher: storing the WireGuard key of node %s: %s", node_id, e)
+
     async def tell_role(self, s: AgentSession) -> None:
         """Tell a node whose desired role differs from its certificate's to change role (a demoted
         manager once its etcd member is gone)."""
@@ -295,6 +317,7 @@ class Dispatcher:
         self.sessions[node_id] = s
         self.seen(node_id)
         await self.set_node_state(node_id, "ready", addr=hello.addr or addr, description=hello.description or None)
+        await self.set_tunnel_key(node_id, hello.wg_key)
         managers = sorted(v.manager_addr for v in map(NodeView, self.objs.list("nodes"))
                           if v.role == "manager" and v.manager_status is not None)
         await s.send(Welcome(node_id=node_id, heartbeat=self.interval, managers=managers))
@@ -332,7 +355,7 @@ class Dispatcher:
             s.net_dirty.clear()
             if s.closed:
                 return
-            m = netmap.compute(self.objs, s.node_id)
+            m = netmap.compute(self.objs, s.node_id, self.sealer)
             if m != s.netmap:
                 await s.send(NetworkMap(map=m))
                 s.netmap = m
@@ -369,7 +392,11 @@ class Dispatcher:
             await s.send(Heartbeat())
         elif isinstance(msg, StatusReport):
             try:
-                await update_status(self.objs, msg.id, msg.status)
+                await update_status(self.objs, msg.id, msg.status, s.node_id)
+            except NotAssigned as e:  # swarmkit: PermissionDenied, "cannot update a task not assigned this node"
+                log.warning("dispatcher: refused a status report: %s", e)
+                await s.send(Refused(seq=msg.seq, message=str(e)))
+                return
             except StoreError:  # the agent keeps the report and sends it again
                 await s.send(Nack(seq=msg.seq))
                 return

@@ -3,13 +3,13 @@
 A watcher on the object cache compares each changed service, node, network, secret and config with the
 version seen before and records Docker's event for it (Type, Action create|update|remove, Actor with
 ``name`` and, for updates, the ``*.old``/``*.new`` attributes moby's daemon adds, scope ``swarm``).
-The last events are kept for ``--since``; subscribers get new ones as they happen.
+The last events are kept for ``--since``; subscribers get new ones as they happen. A subscriber that falls
+``BACKLOG`` events behind is cut off (its queue ends with ``None``); publishing never waits for anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from datetime import datetime
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 KINDS = {"services": "service", "nodes": "node", "networks": "network", "secrets": "secret", "configs": "config"}
 HISTORY = 1024
+BACKLOG = 1024  # events a subscriber may have unread before it is cut off
 
 
 def parse_time_ns(value: str | None) -> int | None:
@@ -103,23 +104,28 @@ def make_event(kind: str, action: str, obj: dict, old: dict | None) -> dict:
 class SwarmEvents:
     """Records swarm events from one manager's object cache; a ring of the last ones plus subscribers."""
 
-    def __init__(self, history: int = HISTORY) -> None:
+    def __init__(self, history: int = HISTORY, backlog: int = BACKLOG) -> None:
         self.history: deque[dict] = deque(maxlen=history)
-        self._subscribers: set[asyncio.Queue] = set()
+        self.backlog = backlog
+        self._subscribers: set[asyncio.Queue[dict | None]] = set()
 
-    def subscribe(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=10000)
+    def subscribe(self) -> asyncio.Queue[dict | None]:
+        """New events from now on; ``None`` ends them (this subscriber was cut off)."""
+        q: asyncio.Queue[dict | None] = asyncio.Queue(maxsize=self.backlog + 1)  # + 1: room for the end
         self._subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue) -> None:
+    def unsubscribe(self, q: asyncio.Queue[dict | None]) -> None:
         self._subscribers.discard(q)
 
     def publish(self, event: dict) -> None:
         self.history.append(event)
         for q in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):  # a reader that fell that far behind loses events
+            if q.qsize() < self.backlog:
                 q.put_nowait(event)
+            else:  # a reader that fell this far behind is cut off, never silently short of events
+                q.put_nowait(None)
+                self._subscribers.discard(q)
 
     async def run(self, objs: Objects) -> None:
         """Follow the cache until cancelled (one run per store; the history outlives it)."""

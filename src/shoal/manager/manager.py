@@ -41,6 +41,7 @@ from shoal.manager.control import ControlAPI
 from shoal.manager.controller import Controller
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.events import SwarmEvents
+from shoal.manager.netkeys import ROTATION, NetworkKeys
 from shoal.manager.orchestrator import orchestrators
 from shoal.manager.roles import RoleManager
 from shoal.manager.scheduler.controller import SchedulerController
@@ -87,6 +88,7 @@ class ManagerConfig:
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
     etcd_cluster: str = ""  # --initial-cluster of a member joining an existing etcd cluster ("": its own)
+    overlay_key_rotation: float = ROTATION  # seconds between an encrypted network's pre-shared keys
 
 
 class Manager:
@@ -166,7 +168,8 @@ class Manager:
         """Everything that runs only on the leader, in the order it starts."""
         assert self.dispatcher is not None and self.allocator is not None
         return [self.dispatcher, *store_controllers(self.objs, self.allocator),
-                RoleManager(self.objs, self.node_id, self.remove_etcd_member)]
+                RoleManager(self.objs, self.node_id, self.remove_etcd_member),
+                NetworkKeys(self.objs, self.dispatcher.sealer, self.cfg.overlay_key_rotation)]
 
     async def become_leader(self) -> None:
         """Start the leader components on a freshly read cache; mark this manager the leader."""

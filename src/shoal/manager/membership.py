@@ -71,7 +71,7 @@ async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, req: JoinRequest,
     cluster = cluster_of(objs)
     tokens = cluster.get("JoinTokens") or {}
     role = next((r for r, key in (("worker", "Worker"), ("manager", "Manager"))
-                 if hmac.compare_digest(str(req.token), tokens.get(key, ""))), None)
+                 if hmac.compare_digest(req.token.encode(), tokens.get(key, "").encode())), None)
     if role is None:
         raise BadRequest(INVALID_TOKEN)
     node_id = new_id()

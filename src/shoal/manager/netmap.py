@@ -8,7 +8,9 @@ records), never as deltas. Shape::
       "node": {"id": "...", "addr": "192.168.77.10"},          # underlay address (VXLAN endpoint)
       "networks": {NET_ID: {"name", "vni", "subnet", "gateway", "ingress", "internal",
                             "local_addr": "10.0.1.3/24" | None,     # this node's own address on it
-                            "resource": {...}}},                     # its Engine API NetworkResource
+                            "resource": {...},                      # its Engine API NetworkResource
+                            "encrypted": bool,                      # --opt encrypted, and then
+                            "encryption": {"port", "psk", "peers": [{"addr", "key"}]} | None}},
       "peers": {NET_ID: [{"ip": "10.0.1.7", "vtep": "192.168.77.11"}, ...]},  # endpoints elsewhere
       "services": [{"id", "name", "aliases": {NET_ID: [...]}, "mode": "vip" | "dnsrr",
                     "vips": {NET_ID: "10.0.1.2"}, "backends": {NET_ID: ["10.0.1.7", ...]},
@@ -17,11 +19,16 @@ records), never as deltas. Shape::
     }
 
 A node takes part in the ingress network always (the routing mesh) and in every network one of its
-tasks, or one of its standalone containers (an attachment), is attached to.
+tasks, or one of its standalone containers (an attachment), is attached to. An encrypted network's
+``encryption`` holds its WireGuard pre-shared key (opened here, so it reaches only the nodes on the
+network), its port, and the public key of every other node on it (:mod:`shoal.manager.netkeys`); it is
+None until the leader has made the keys, and the node then keeps the network closed.
 """
 
 from __future__ import annotations
 
+from shoal.manager.netkeys import node_public_keys, open_psk
+from shoal.manager.secrets import Sealer
 from shoal.model import states
 from shoal.model.addr import ip_of
 from shoal.model.network import resource
@@ -39,7 +46,19 @@ def _serving(t: TaskView) -> bool:
     return t.state == states.RUNNING and t.desired == states.RUNNING
 
 
-def compute(objs: Objects, node_id: str) -> dict:
+def _encryption(objs: Objects, sealer: Sealer | None, nid: str, peers: list[dict], nodes: dict[str, NodeView],
+                keys: dict[str, str]) -> dict | None:
+    """An encrypted network's keys for one node: the pre-shared key, the port, the other nodes' keys."""
+    opened = open_psk(objs, sealer, nid)
+    if opened is None:
+        return None
+    by_addr = {n.addr: keys[nid_] for nid_, n in nodes.items() if n.addr and nid_ in keys}
+    addrs = sorted({p["vtep"] for p in peers if p["vtep"] in by_addr})
+    return {"psk": opened[0], "port": opened[1], "peers": [{"addr": a, "key": by_addr[a]} for a in addrs]}
+
+
+def compute(objs: Objects, node_id: str, sealer: Sealer | None = None) -> dict:
+    """The network map of ``node_id``; ``sealer`` opens the encrypted networks' keys."""
     nodes = {nid: NodeView(n) for nid, n in objs.cache["nodes"].items()}
     node = nodes.get(node_id)
     networks = {n["ID"]: NetworkView(n) for n in objs.list("networks")}
@@ -59,6 +78,7 @@ def compute(objs: Objects, node_id: str) -> dict:
             "ingress": net.ingress, "internal": net.internal,
             "local_addr": node.address_on(nid) if node is not None else None,
             "resource": resource(net.raw),  # what `docker network ls/inspect` shows on this node
+            "encrypted": net.encrypted,
         }
     peers: dict[str, list[dict]] = {nid: [] for nid in out_nets}
     for other_id, other in nodes.items():
@@ -116,6 +136,10 @@ def compute(objs: Objects, node_id: str) -> dict:
         for p in peers[nid]:
             seen[p["ip"]] = p
         peers[nid] = sorted(seen.values(), key=lambda p: p["ip"])
+    node_keys = node_public_keys(objs)
+    for nid, net_out in out_nets.items():
+        if net_out["encrypted"]:
+            net_out["encryption"] = _encryption(objs, sealer, nid, peers[nid], nodes, node_keys)
     return {"node": {"id": node_id, "addr": node.addr if node is not None else ""},
             "networks": out_nets, "peers": peers, "services": sorted(services, key=lambda s: s["name"]),
             "attachments": sorted(attachments, key=lambda a: a["id"])}

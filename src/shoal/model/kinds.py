@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-KINDS = ("clusters", "nodes", "services", "tasks", "networks", "secrets", "configs")
+KINDS = ("clusters", "nodes", "services", "tasks", "networks", "secrets", "configs",
+         "netkeys", "nodekeys")  # the encrypted overlays' keys: never shown by the API
 # kinds whose names are unique (kept so by the store): their singular, as Docker's messages say it
 NAMED = {"services": "service", "networks": "network", "secrets": "secret", "configs": "config"}
 SINGULAR = {**NAMED, "clusters": "cluster", "nodes": "node", "tasks": "task"}

@@ -21,6 +21,7 @@ PLUGIN_DRIVER = "shoal"  # the network and IPAM driver name of the twins
 
 # overlay networks
 VXLAN_ID = "com.docker.network.driver.overlay.vxlanid_list"
+ENCRYPTED = "encrypted"  # the overlay driver option (`docker network create --opt encrypted`)
 
 # scheduling: a service label that picks the placement strategy (spread, binpack)
 STRATEGY = "shoal.strategy"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import ipaddress
 import re
@@ -10,7 +12,7 @@ from shoal.model.errors import BadRequest, Conflict, InvalidArgument
 from shoal.model.ids import new_id, now
 
 INGRESS_NAME = "ingress"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
 def spec_from_request(req: dict) -> dict:
@@ -19,7 +21,7 @@ def spec_from_request(req: dict) -> dict:
     name = req.get("Name") or ""
     if not name:
         raise BadRequest("network name is required")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise BadRequest(f'invalid name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
     if req.get("EnableIPv6"):
         raise InvalidArgument("IPv6 is not supported on shoal's overlay networks yet")
@@ -105,3 +107,13 @@ def resource(net: dict) -> dict:
 
 def name_conflict(name: str) -> Conflict:
     return Conflict(f"network with name {name} already exists")
+
+
+def valid_wg_key(text: object) -> bool:
+    """A WireGuard key as ``wg`` writes it (a node's public key, a pre-shared key): 32 bytes in base64."""
+    if not isinstance(text, str):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False

@@ -19,7 +19,7 @@ SINGULAR: dict[str, str] = {"secrets": "secret", "configs": "config"}
 MAX_SIZE: dict[str, int] = {"secrets": 500 * 1024, "configs": 1000 * 1024}
 SECRETS_DIR = "/run/secrets"
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?")
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_VALUE = {c: i for i, c in enumerate(_B64)}
 
@@ -78,7 +78,7 @@ def _bad_base64(offset: int) -> BadRequest:
 def validate_name(name: Any) -> str:
     if not name:
         raise InvalidArgument("name must be provided")
-    if not isinstance(name, str) or len(name) > 64 or not _NAME_RE.match(name):
+    if not isinstance(name, str) or len(name) > 64 or not _NAME_RE.fullmatch(name):
         raise InvalidArgument("invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end "
                               "character must be [a-zA-Z0-9]")
     return name

@@ -27,7 +27,7 @@ SEALED_AUTH = "SealedRegistryAuth"
 PREVIOUS_SEALED_AUTH = "PreviousSealedRegistryAuth"
 INTERNAL_SERVICE_FIELDS = (SEALED_AUTH, PREVIOUS_SEALED_AUTH)
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-_.]{0,61}[a-zA-Z0-9])?")
 _MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster", "image"}
 _RESTART_CONDITIONS = {"none", "on-failure", "any"}
 
@@ -50,7 +50,7 @@ def validate_spec(spec: dict) -> dict:
     name = spec.get("Name") or ""
     if not name:
         raise InvalidArgument("meta: name must be provided")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(f"name must be valid as a DNS name component: {name!r}")
     mode = spec.get("Mode") or {}
     if sum(mode.get(k) is not None for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob")) > 1:

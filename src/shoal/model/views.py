@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.model import states
-from shoal.model.labels import VXLAN_ID
+from shoal.model.labels import ENCRYPTED, VXLAN_ID
 from shoal.model.service import DEFAULT_RESTART, DEFAULT_UPDATE, mode_of
 
 ATTACHMENT_SPEC = "NetworkAttachmentSpec"  # the spec key of a standalone container's attachment task
@@ -322,6 +322,11 @@ class NetworkView(View):
     @property
     def gateway(self) -> str:
         return self.ipam_config.get("Gateway", "")
+
+    @property
+    def encrypted(self) -> bool:
+        """``--opt encrypted``: its traffic between nodes goes through WireGuard tunnels."""
+        return ENCRYPTED in _d(_d(self.spec.get("DriverConfiguration")).get("Options"))
 
     @property
     def vni(self) -> int:

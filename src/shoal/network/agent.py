@@ -47,8 +47,9 @@ class NetworkError(Exception):
 
 class NetworkAgent:
     def __init__(self, node_id: str, engine_url: str, plugin_dir: Path = Path("/run/docker/plugins"),
-                 *, overlay: Any = None, lb: Any = None, dns: Any = None) -> None:
-        """``overlay``, ``lb`` and ``dns`` replace the default components (tests)."""
+                 *, overlay: Any = None, lb: Any = None, dns: Any = None, tunnel_key: Path | None = None) -> None:
+        """``overlay``, ``lb`` and ``dns`` replace the default components (tests); ``tunnel_key`` is where
+        this node's WireGuard key is kept (the encrypted networks' tunnels)."""
         self.node_id = node_id
         self.engine_url = engine_url
         self.plugin_dir = plugin_dir
@@ -67,9 +68,13 @@ class NetworkAgent:
         from shoal.network.plugin import PluginServer
 
         self.plugin = PluginServer(self, plugin_dir / "shoal.sock")
+        self.public_key = ""  # this node's WireGuard public key, sent to the managers
         if overlay is None:
             from shoal.network.overlay import Overlay
-            overlay = Overlay()
+            from shoal.network.wireguard import WireGuard
+            tunnels = WireGuard(tunnel_key) if tunnel_key is not None else None
+            self.public_key = tunnels.public_key if tunnels is not None else ""
+            overlay = Overlay(tunnels=tunnels)
         if lb is None:
             from shoal.network.lb import LoadBalancer
             lb = LoadBalancer()

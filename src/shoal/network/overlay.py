@@ -9,6 +9,11 @@ For every network in the node's network map:
 - for every endpoint on another node (``peers``): a permanent FDB entry ``MAC → VTEP`` and a permanent
   neighbour entry ``IP → MAC`` on the VXLAN device, so ARP is answered locally and nothing floods.
 
+An encrypted network (``--opt encrypted``) is carried through its WireGuard tunnel
+(:mod:`shoal.network.wireguard`): its VXLAN device's local address and its FDB destinations are the
+nodes' inner IPv6 addresses on the tunnel, and its bridge's MTU leaves room for both encapsulations. It
+is set up only once its tunnel is up: never in clear.
+
 MACs are derived from IPs (``02:42:<ip bytes>``), like Docker's overlay, so no MAC has to be distributed.
 :meth:`Overlay.sync` computes the whole desired state and makes the kernel match it (creating, changing
 and deleting links, addresses and entries); there are no hand-tracked deltas.
@@ -28,12 +33,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from shoal.network.wireguard import INNER_VXLAN_OVERHEAD, WG_OVERHEAD, WireGuard, inner_addr
+
 log = logging.getLogger(__name__)
 
 BRIDGE_PREFIX = "sbr-"
 VXLAN_PREFIX = "svx-"
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet
+ENCRYPTED_EXTRA = WG_OVERHEAD + INNER_VXLAN_OVERHEAD - VXLAN_OVERHEAD  # what an encrypted bridge gives up more
 DEFAULT_MTU = 1450
 NUD_PERMANENT = ndmsg.states["permanent"]
 NTF_MASTER = ndmsg.flags["master"]
@@ -60,17 +68,24 @@ class _NetState:
     """What one network should look like on this node."""
 
     vni: int
+    local: str | None = None  # the VXLAN device's local address, if not the node's underlay address
+    blocked: bool = False  # encrypted, and its tunnel is not up: the bridge stays, no VXLAN device
     addrs: set[tuple[str, int]] = field(default_factory=set)  # (ip, prefixlen) on the bridge
     mac: str | None = None  # the bridge's MAC (derived from the node's own address)
     fdb: dict[str, str] = field(default_factory=dict)  # MAC -> VTEP
     neigh: dict[str, str] = field(default_factory=dict)  # IP -> MAC
 
 
-def desired_state(netmap: dict) -> dict[str, _NetState]:
-    """The links and entries ``netmap`` asks for, by network ID."""
+def desired_state(netmap: dict, tunnels: set[str] | frozenset[str] = frozenset()) -> dict[str, _NetState]:
+    """The links and entries ``netmap`` asks for, by network ID; an encrypted network only when its
+    tunnel is up (in ``tunnels``), with the tunnel's inner addresses as VXLAN endpoints."""
     out: dict[str, _NetState] = {}
+    node_addr = (netmap.get("node") or {}).get("addr") or ""
     for nid, net in (netmap.get("networks") or {}).items():
-        st = _NetState(vni=int(net["vni"]))
+        encrypted = bool(net.get("encrypted"))
+        vni = int(net["vni"])
+        st = _NetState(vni=vni, local=inner_addr(vni, node_addr) if encrypted and node_addr else None,
+                       blocked=encrypted and (nid not in tunnels or not node_addr))
         if net.get("local_addr"):
             iface = ipaddress.IPv4Interface(net["local_addr"])
             st.addrs.add((str(iface.ip), iface.network.prefixlen))
@@ -81,7 +96,7 @@ def desired_state(netmap: dict) -> dict[str, _NetState]:
                 st.addrs.add((vip.split("/")[0], 32))
         for peer in (netmap.get("peers") or {}).get(nid) or []:
             mac = mac_of(peer["ip"])
-            st.fdb[mac] = peer["vtep"]
+            st.fdb[mac] = inner_addr(vni, peer["vtep"]) if encrypted else peer["vtep"]
             st.neigh[peer["ip"]] = mac
         out[nid] = st
     return out
@@ -90,9 +105,10 @@ def desired_state(netmap: dict) -> dict[str, _NetState]:
 class Overlay:
     """Keeps this node's bridges and VXLAN devices equal to the network map."""
 
-    def __init__(self, mtu: int | None = None, iptables: bool = True) -> None:
+    def __init__(self, mtu: int | None = None, iptables: bool = True, tunnels: WireGuard | None = None) -> None:
         self.mtu = mtu
         self.iptables = iptables
+        self.tunnels = tunnels  # the encrypted networks' WireGuard tunnels (None: no encrypted network here)
         self.ready: set[str] = set()  # networks whose bridge and VXLAN device are in place
 
     bridge_name = staticmethod(bridge_name)
@@ -101,7 +117,8 @@ class Overlay:
     async def sync(self, netmap: dict) -> None:
         """Make links, addresses, FDB and neighbour entries exactly what ``netmap`` says."""
         local = (netmap.get("node") or {}).get("addr") or ""
-        self.ready = await asyncio.to_thread(self._sync, desired_state(netmap), local)
+        tunnels = await self.tunnels.sync(netmap) if self.tunnels is not None else set()
+        self.ready = await asyncio.to_thread(self._sync, desired_state(netmap, tunnels), local)
         await asyncio.to_thread(_sysctls, sorted(bridge_name(n) for n in self.ready))
         if self.iptables:
             await _iptables(add=True)
@@ -109,6 +126,8 @@ class Overlay:
     async def clear(self) -> None:
         """Remove every link shoal made, and its iptables rules."""
         self.ready = await asyncio.to_thread(self._sync, {}, "")
+        if self.tunnels is not None:
+            await self.tunnels.clear()
         if self.iptables:
             await _iptables(add=False)
 
@@ -117,7 +136,7 @@ class Overlay:
         with IPRoute() as ipr:
             mtu = self.mtu or _underlay_mtu(ipr, local)
             links = {_name(link): link for link in ipr.get_links()}
-            wanted = {bridge_name(n) for n in want} | {vxlan_name(n) for n in want}
+            wanted = {bridge_name(n) for n in want} | {vxlan_name(n) for n, st in want.items() if not st.blocked}
             for name, link in links.items():
                 if name.startswith((BRIDGE_PREFIX, VXLAN_PREFIX)) and name not in wanted:
                     log.info("overlay: removing %s", name)
@@ -127,13 +146,16 @@ class Overlay:
             for nid, st in sorted(want.items()):
                 try:
                     self._sync_net(ipr, links, nid, st, local, mtu)
-                    ready.add(nid)
+                    if not st.blocked:
+                        ready.add(nid)
                 except NetlinkError as e:
                     log.error("overlay: network %s: %s", nid, e)
             return ready
 
     def _sync_net(self, ipr: IPRoute, links: dict, nid: str, st: _NetState, local: str, mtu: int) -> None:
         br, vx = bridge_name(nid), vxlan_name(nid)
+        if st.local is not None or st.blocked:  # through the network's tunnel
+            local, mtu = st.local or "", mtu - ENCRYPTED_EXTRA
         if br not in links:
             ipr.link("add", ifname=br, kind="bridge")
         bidx = ipr.link_lookup(ifname=br)[0]
@@ -146,6 +168,9 @@ class Overlay:
             ipr.addr("del", index=bidx, address=ip, prefixlen=plen)
         for ip, plen in st.addrs - have:
             ipr.addr("add", index=bidx, address=ip, prefixlen=plen)
+        if st.blocked:  # its tunnel is not up (no keys yet, or it failed): nothing leaves this node in clear
+            log.warning("overlay: encrypted network %s waits for its tunnel", nid)
+            return
 
         old = links.get(vx)
         if old is not None and not _vxlan_matches(old, st.vni, local):
@@ -156,7 +181,7 @@ class Overlay:
             spec: dict = {"ifname": vx, "kind": "vxlan", "vxlan_id": st.vni, "vxlan_port": VXLAN_PORT,
                           "vxlan_learning": 0, "vxlan_proxy": 1}
             if local:
-                spec["vxlan_local"] = local
+                spec["vxlan_local6" if ":" in local else "vxlan_local"] = local
             ipr.link("add", **spec)
         vidx = ipr.link_lookup(ifname=vx)[0]
         ipr.link("set", index=vidx, master=bidx, mtu=mtu, state="up")
@@ -195,7 +220,8 @@ def _vxlan_matches(link: dict, vni: int, local: str) -> bool:
     if info is None or info.get("IFLA_INFO_KIND") != "vxlan":
         return False
     data = info.get("IFLA_INFO_DATA")
-    return bool(data) and data.get("IFLA_VXLAN_ID") == vni and (data.get("IFLA_VXLAN_LOCAL") or "") == local
+    return bool(data) and data.get("IFLA_VXLAN_ID") == vni and \
+        (data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6") or "") == local
 
 
 def _underlay_mtu(ipr: IPRoute, local: str) -> int:

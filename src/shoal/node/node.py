@@ -63,6 +63,7 @@ class NodeConfig:
     advertise_addr: str = ""  # used when a request names none
     networking: bool = True  # overlay networks, VIPs, routing mesh, DNS on this host
     plugin_dir: Path = Path("/run/docker/plugins")
+    overlay_key_rotation: float = 12 * 3600.0  # seconds between the encrypted networks' keys (leader)
 
 
 def detect_addr() -> str:
@@ -196,7 +197,8 @@ class Node:
     def _new_manager(self) -> Manager:
         cfg = ManagerConfig(node_id=self.node_id, addr=self.state.addr, cluster_addr=self.state.cluster_addr,
                             data_dir=self.cfg.data_dir, etcd_client_port=self.cfg.etcd_client_port,
-                            etcd_peer_port=self.cfg.etcd_peer_port, etcd_cluster=self.state.etcd_cluster)
+                            etcd_peer_port=self.cfg.etcd_peer_port, etcd_cluster=self.state.etcd_cluster,
+                            overlay_key_rotation=self.cfg.overlay_key_rotation)
         return Manager(cfg, self.tls, self.client, self.events, self.local_logs, self._follow_cluster,
                        self._api_handler)
 
@@ -234,7 +236,7 @@ class Node:
             managers = self.state.managers
         agent_cfg = AgentConfig(node_id=self.node_id, addr=self.state.addr, engine=self.cfg.engine,
                                 task_files=self.task_files_dir, networking=self.cfg.networking,
-                                plugin_dir=self.cfg.plugin_dir)
+                                plugin_dir=self.cfg.plugin_dir, tunnel_key=self.cfg.data_dir / "wireguard.key")
         self.agent = Agent(agent_cfg, managers, self.client, self.engine, self.describe, self._on_role,
                            self.ask_leader)
         await self.agent.start()
@@ -330,7 +332,7 @@ class Node:
             if self.status != "inactive":
                 raise Unavailable(ALREADY_IN_SWARM)
             token = req.get("JoinToken") or ""
-            parts = token.split("-")
+            parts = token.split("-") if isinstance(token, str) else []
             if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1":
                 raise BadRequest("invalid join token")
             remotes = req.get("RemoteAddrs") or []
