@@ -26,6 +26,7 @@ from shoal.agent.session import RemoteSession
 from shoal.agent.worker import Worker
 from shoal.aio import cancel_all
 from shoal.cluster.client import ClusterClient
+from shoal.cluster.messages import CAUpdate
 from shoal.engine import Engine
 from shoal.model.logs import LogLine, LogQuery
 from shoal.network import gwbridge
@@ -57,11 +58,11 @@ class Attached:
 class Agent:
     def __init__(self, cfg: AgentConfig, managers: list[str], client: ClusterClient, engine: Engine,
                  describe: Callable[[], Awaitable[dict]], on_role: Callable[[str, str], None],
-                 ask_leader: AskLeader) -> None:
+                 ask_leader: AskLeader, on_ca: Callable[[CAUpdate], None] | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.ask_leader = ask_leader
-        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role)
+        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role, on_ca=on_ca)
         self.executor = DockerExecutor(f"unix://{cfg.engine}")
         self.network = NetworkAgent(cfg.node_id, f"unix://{cfg.engine}", cfg.plugin_dir) if cfg.networking else None
         self.files = TaskFiles(cfg.task_files, self.session)

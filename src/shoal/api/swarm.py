@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shoal.api.server import Ctx, json_response, read_json, route
-from shoal.model.errors import APIError, BadRequest
+from shoal.model.errors import BadRequest
 
 TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
 
@@ -18,15 +18,6 @@ def _flag(query, name: str) -> bool:
     if value in FALSE or value == "":
         return False
     raise BadRequest(f"invalid value for {name}: {value}")
-
-
-def _refuse_ca_rotation(current: dict, spec: dict) -> None:
-    """Root CA rotation (`docker swarm ca --rotate`, a new signing CA) is not implemented: say so rather
-    than accept a spec that claims it happened."""
-    ca = spec.get("CAConfig") or {}
-    rotate = (current["Spec"].get("CAConfig") or {}).get("ForceRotate", 0)
-    if ca.get("SigningCACert") or ca.get("SigningCAKey") or (ca.get("ForceRotate") or 0) != rotate:
-        raise APIError("rpc error: code = Unimplemented desc = shoal cannot rotate the swarm's root CA yet", 501)
 
 
 @route("POST", "/swarm/init", manager=False)
@@ -55,7 +46,6 @@ async def update(ctx: Ctx, request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
     manager = ctx.manager
-    _refuse_ca_rotation(manager.cluster(), body)
     await manager.update_swarm(body, version, rotate_worker=_flag(q, "rotateWorkerToken"),
                                rotate_manager=_flag(q, "rotateManagerToken"),
                                rotate_unlock=_flag(q, "rotateManagerUnlockKey"))

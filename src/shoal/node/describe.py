@@ -6,9 +6,9 @@ import contextlib
 import socket
 
 from shoal.engine import Engine
-from shoal.manager.ca import tls_info
 from shoal.model.service import SECOND
-from shoal.tls import NodeTLS
+from shoal.tls.certs import issuer_of, tls_info
+from shoal.tls.files import NodeTLS
 
 
 async def describe(engine: Engine, tls: NodeTLS) -> dict:
@@ -32,6 +32,8 @@ async def describe(engine: Engine, tls: NodeTLS) -> dict:
 
 
 def _tls_info(tls: NodeTLS) -> dict:
-    with contextlib.suppress(OSError):
-        return tls_info(tls.ca.read_bytes())
+    """The root this node trusts, and the CA that issued its certificate (moby's ``TLSInfo``)."""
+    with contextlib.suppress(OSError, ValueError):
+        trust = tls.ca.read_bytes()
+        return tls_info(trust, issuer_of(tls.cert.read_bytes(), trust))
     return {}
