@@ -190,7 +190,8 @@ class Leader:
 
 
 async def test_a_node_renews_at_the_planned_point_and_retries_with_backoff(tmp_path: Path) -> None:
-    clock, start = FakeClock(), datetime.datetime.now(datetime.UTC)
+    clock = FakeClock()
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0)  # certificates keep whole seconds
 
     def wall() -> datetime.datetime:
         return start + datetime.timedelta(seconds=clock.now())
