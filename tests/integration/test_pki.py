@@ -69,6 +69,8 @@ def test_swarm_ca_rotate(shoald, cli):
     assert "rotated TLS certificates" in cp.stdout and "rotated CA certificates" in cp.stdout
     assert cp.stdout.rstrip().endswith(root.strip())
     assert node_tls(shoald) == after["TLSInfo"]  # the node's certificate is from the new root, which it trusts
+    pretty = shoald.docker("node", "inspect", "--pretty", "self", cli=cli).stdout
+    assert after["TLSInfo"]["CertIssuerPublicKey"] in pretty and after["TLSInfo"]["CertIssuerSubject"] in pretty
     assert chains_to(node_cert(shoald), root.encode())
     for role in ("Worker", "Manager"):  # join tokens change with the root
         assert after["JoinTokens"][role].split("-")[2] != tokens[role].split("-")[2]
