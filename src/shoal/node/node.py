@@ -56,7 +56,7 @@ from shoal.node.state import NodeState
 from shoal.store.base import StoreError
 from shoal.tls.certs import issue_node_cert, key_pem, make_csr, make_root_ca, new_key
 from shoal.tls.contexts import ServerContexts, client_context
-from shoal.tls.files import NodeTLS
+from shoal.tls.files import NodeTLS, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Node:
     async def start(self) -> None:
         """Come back into the swarm this node was in (if any): a manager with autolock waits for
         ``swarm unlock``; the rest resume in the background (a manager's store may take a while)."""
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cfg.data_dir)  # 0700, as Docker keeps /var/lib/docker/swarm
         saved = NodeState.load(self.state_file)
         if saved is None:
             return
