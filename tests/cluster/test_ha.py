@@ -11,7 +11,8 @@ import pytest
 from labtools import module_lab, wait_for
 
 from shoal.lab.lab import Lab
-from shoal.tls import NodeTLS, identity_of
+from shoal.tls.certs import identity_of
+from shoal.tls.files import NodeTLS
 
 pytestmark = pytest.mark.lab
 

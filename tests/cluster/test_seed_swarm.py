@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 from labtools import module_lab, wait_for
 
 from shoal.lab.lab import Lab
-from shoal.tls import NodeTLS, identity_of
+from shoal.tls.certs import identity_of
+from shoal.tls.files import NodeTLS
 
 pytestmark = pytest.mark.lab
 

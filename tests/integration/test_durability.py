@@ -84,7 +84,8 @@ def test_backup_and_restore(own_shoald, docker_engine, tmp_path):
     snap = tmp_path / "swarm.db"
     cp = subprocess.run([*SHOAL, "backup", str(snap), "--socket", d.sock], capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
-    assert snap.stat().st_size > 0
+    blob = snap.read_bytes()  # sealed under the data key, readable by root only
+    assert snap.stat().st_mode & 0o777 == 0o600 and blob[:8] == b"SHOALBK1" and b"before-backup" not in blob
     d.docker("service", "create", "-d", "--name", "after-backup", "shoal/demo-web:latest")
     restore = [*SHOAL, "restore", str(snap), "--data-dir", str(d.data)]
     cp = subprocess.run(restore, capture_output=True, text=True, timeout=60)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 
 from shoal.manager import autolock
-from shoal.manager.ca import make_root_ca
+from shoal.manager.secrets import Sealer, SealError, new_data_key
 from shoal.model.errors import BadRequest
 from shoal.node.keylock import KeyLock
+from shoal.tls.files import write_file
 
 
 def _data_dir(tmp_path):
     data = tmp_path / "data"
     (data / "certificates").mkdir(parents=True)
     (data / "certificates" / "swarm-node.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnode\n")
-    (data / "certificates" / "swarm-root-ca.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nca\n")
+    (data / "certificates" / "swarm-data.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\ndata\n")
     (data / "certificates" / "swarm-node.crt").write_bytes(b"cert")
     (data / "etcd-tls").mkdir()
     (data / "etcd-tls" / "n.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\netcd\n")
@@ -42,7 +43,7 @@ def test_lock_unlock_rotate_disable(tmp_path):
     key = autolock.new_key()
     lock.enable(key)
     assert lock.enabled and _plain(data) == []
-    assert (data / "certificates" / "swarm-root-ca.key").read_bytes().endswith(b"ca\n")  # through the link
+    assert (data / "certificates" / "swarm-data.key").read_bytes().endswith(b"data\n")  # through the link
     assert (data / "etcd-tls" / "n.key").read_bytes().endswith(b"etcd\n")
 
     lock.wipe()  # a stop: the keys are gone from memory
@@ -61,25 +62,44 @@ def test_lock_unlock_rotate_disable(tmp_path):
     lock.unlock(new)
     lock.disable()
     assert not lock.enabled and not lock.runtime.exists() and (data / "etcd-tls").is_dir()
-    assert _plain(data) == ["certificates/swarm-node.key", "certificates/swarm-root-ca.key"]
+    assert _plain(data) == ["certificates/swarm-data.key", "certificates/swarm-node.key"]
 
 
 def test_cluster_unlock_key_follows_the_spec():
-    _, ca_key = make_root_ca()
-    cluster = {"Spec": {"EncryptionConfig": {"AutoLockManagers": False}}}
-    autolock.update_cluster(cluster, ca_key)
-    assert autolock.FIELD not in cluster and autolock.unlock_key(cluster, ca_key) is None
+    sealer = Sealer(new_data_key())
+    cluster = {"ID": "c1", "Spec": {"EncryptionConfig": {"AutoLockManagers": False}}}
+    autolock.update_cluster(cluster, sealer)
+    assert autolock.unlock_key(cluster, sealer) is None
     cluster["Spec"]["EncryptionConfig"]["AutoLockManagers"] = True
-    autolock.update_cluster(cluster, ca_key)
-    first = autolock.unlock_key(cluster, ca_key)
-    assert first and len(first) == 32
-    autolock.update_cluster(cluster, ca_key)
-    assert autolock.unlock_key(cluster, ca_key) == first  # unchanged without rotation
-    autolock.update_cluster(cluster, ca_key, rotate=True)
-    assert autolock.unlock_key(cluster, ca_key) not in (None, first)
-    _, other_ca = make_root_ca()
-    with pytest.raises(autolock.InvalidUnlockKey):
-        autolock.unlock_key(cluster, other_ca)
+    autolock.update_cluster(cluster, sealer)
+    first = autolock.unlock_key(cluster, sealer)
+    assert first and len(first) == 32 and autolock.human(first)[9:] not in str(cluster)  # sealed in the object
+    autolock.update_cluster(cluster, sealer)
+    assert autolock.unlock_key(cluster, sealer) == first  # unchanged without rotation
+    autolock.update_cluster(cluster, sealer, rotate=True)
+    assert autolock.unlock_key(cluster, sealer) not in (None, first)
+    with pytest.raises(SealError):
+        autolock.unlock_key(cluster, Sealer(new_data_key()))  # another swarm's data key
     cluster["Spec"]["EncryptionConfig"]["AutoLockManagers"] = False
-    autolock.update_cluster(cluster, ca_key)
-    assert autolock.FIELD not in cluster
+    autolock.update_cluster(cluster, sealer)
+    assert cluster["ShoalSealed"] == {}
+
+
+def test_keys_written_while_locked_go_to_memory_and_are_sealed_again(tmp_path):
+    """A manager joining a swarm with autolock (or renewing its key) writes its keys through the links:
+    nothing plain reaches the data dir, and the sealed copy holds the new key."""
+    data = tmp_path / "data"
+    lock = KeyLock(data, runtime_root=tmp_path / "shm")
+    key = autolock.new_key()
+    lock.enable(key)  # before any key file exists
+    write_file(data / "certificates" / "swarm-node.key", b"-----BEGIN PRIVATE KEY-----\nfirst\n")
+    write_file(data / "certificates" / "swarm-data.key", b"-----BEGIN PRIVATE KEY-----\ndata\n")
+    lock.reseal()
+    assert _plain(data) == [] and (data / "certificates" / "swarm-node.key").is_symlink()
+    write_file(data / "certificates" / "swarm-node.key", b"-----BEGIN PRIVATE KEY-----\nrenewed\n")
+    lock.reseal()
+    assert lock.read_sealed(key)["certificates/swarm-node.key"].endswith(b"renewed\n")
+    for d in (data / "certificates", lock.runtime, lock.runtime / "certificates"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    for f in (lock.runtime / "certificates" / "swarm-node.key", lock.sealed):
+        assert f.stat().st_mode & 0o777 == 0o600, f

@@ -15,10 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from shoal.cluster.messages import Hello
 from shoal.manager import netmap
-from shoal.manager.ca import make_root_ca
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.netkeys import BASE_PORT, NetworkKeys, open_psk
-from shoal.manager.secrets import Sealer
+from shoal.manager.secrets import Sealer, new_data_key
 from shoal.model.ids import new_id, now
 from shoal.model.labels import VXLAN_ID
 from shoal.model.network import valid_wg_key
@@ -77,7 +76,7 @@ async def objs() -> AsyncIterator[Objects]:
 
 @pytest.fixture(scope="module")
 def sealer() -> Sealer:
-    return Sealer.from_ca_key(make_root_ca()[1])
+    return Sealer(new_data_key())
 
 
 async def test_the_leader_makes_seals_rotates_and_removes_network_keys(objs: Objects, sealer: Sealer) -> None:

@@ -17,7 +17,6 @@ from shoal.api import stream
 from shoal.cluster.messages import JoinRequest, Message, ProtocolError, StatusReport, decode
 from shoal.cluster.server import JOIN_BODY_LIMIT, ClusterServer
 from shoal.manager import membership
-from shoal.manager.ca import make_root_ca
 from shoal.manager.events import SwarmEvents
 from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
@@ -26,7 +25,9 @@ from shoal.model.secrets import validate_name
 from shoal.model.service import validate_spec
 from shoal.store.memory import MemoryStore
 from shoal.store.objects import Objects
-from shoal.tls import NodeTLS, key_pem, make_csr, new_key, sign_csr
+from shoal.tls.certs import Signer, issue_node_cert, key_pem, make_csr, make_root_ca, new_key
+from shoal.tls.contexts import ServerContexts
+from shoal.tls.files import NodeTLS
 
 TOKEN = "SWMTKN-1-" + "a" * 50 + "-" + "b" * 25
 
@@ -45,7 +46,8 @@ class JoinOnly:
 
     async def join(self, req: JoinRequest, addr: str) -> Message:
         self.joined.append(req)
-        return await membership.join(self.objs, None, None, req, addr)  # type: ignore[arg-type]
+        tokens = {"Worker": TOKEN, "Manager": TOKEN + "m"}  # the cluster's, opened
+        return await membership.join(self.objs, None, None, tokens, None, req, addr)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -57,9 +59,9 @@ async def join_port(tmp_path: Path):
     ca = make_root_ca()
     tls = NodeTLS(tmp_path / "certificates")
     key = new_key()
-    tls.write(ca[0], sign_csr(make_csr(key), ca[0], ca[1], JoinOnly.node_id, "manager", "c" * 25), key_pem(key))
+    tls.write(ca[0], issue_node_cert(Signer(*ca), make_csr(key), JoinOnly.node_id, "manager", "c" * 25), key_pem(key))
     manager = JoinOnly(objs)
-    server = ClusterServer(manager, manager, tls.server_context(), "127.0.0.1", 0)  # type: ignore[arg-type]
+    server = ClusterServer(manager, manager, ServerContexts(tls).context, "127.0.0.1", 0)  # type: ignore[arg-type]
     await server.start()
     assert server._runner is not None
     port = server._runner.addresses[0][1]

@@ -17,13 +17,14 @@ from shoal.agent.session import RemoteSession
 from shoal.cluster.client import ClusterClient
 from shoal.cluster.messages import Description, Heartbeat, Hello, Message, StatusReport
 from shoal.cluster.server import Channel, ClusterServer, Peer
-from shoal.manager.ca import make_root_ca
 from shoal.manager.dispatcher import Dispatcher
 from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
 from shoal.store.memory import MemoryStore
 from shoal.store.objects import Change, Objects
-from shoal.tls import NodeTLS, key_pem, make_csr, new_key, sign_csr
+from shoal.tls.certs import Signer, issue_node_cert, key_pem, make_csr, make_root_ca, new_key
+from shoal.tls.contexts import ServerContexts, client_context
+from shoal.tls.files import NodeTLS
 
 
 class CountingObjects(Objects):
@@ -109,7 +110,7 @@ def node_tls(root: Path, ca: tuple[bytes, bytes], node_id: str, role: str) -> No
     """A node's certificate files, signed by the test swarm's CA."""
     tls = NodeTLS(root / node_id / "certificates")
     key = new_key()
-    tls.write(ca[0], sign_csr(make_csr(key), ca[0], ca[1], node_id, role, CLUSTER_ID), key_pem(key))
+    tls.write(ca[0], issue_node_cert(Signer(*ca), make_csr(key), node_id, role, CLUSTER_ID), key_pem(key))
     return tls
 
 
@@ -120,7 +121,7 @@ class Manager:
         self.objs = objs
         self.dispatcher = Dispatcher(objs)
         self.received: list[dict] = []
-        self.server = ClusterServer(self, self, tls.server_context(), "127.0.0.1", 0)
+        self.server = ClusterServer(self, self, ServerContexts(tls).context, "127.0.0.1", 0)
         self.port = 0
 
     # NodeEndpoints and ManagerEndpoints, as far as sessions need them
@@ -132,6 +133,10 @@ class Manager:
 
     def has_node(self, node_id: str) -> bool:
         return self.objs.get("nodes", node_id) is not None
+
+    def role_of(self, node_id: str) -> str | None:
+        node = self.objs.get("nodes", node_id)
+        return None if node is None else node["Spec"]["Role"]
 
     def leader(self) -> str | None:
         return None
@@ -189,7 +194,8 @@ async def test_agent_sends_its_description_again_only_when_it_changed(objs: Coun
             raise current["desc"]
         return json.loads(json.dumps(current["desc"]))
 
-    client = ClusterClient(node_tls(tmp_path, ca, nid, "worker").client_context)
+    worker_tls = node_tls(tmp_path, ca, nid, "worker")
+    client = ClusterClient(lambda: client_context(worker_tls))
     agent = RemoteSession([f"127.0.0.1:{manager.port}"], client, describe)
     agent.describe_period = 0.05
     agent.start()
@@ -270,7 +276,8 @@ async def test_a_node_cannot_report_the_status_of_another_nodes_task(objs: Count
     ca = make_root_ca()
     manager = Manager(objs, node_tls(tmp_path, ca, Manager.node_id, "manager"))
     await manager.start()
-    client = ClusterClient(node_tls(tmp_path, ca, a, "worker").client_context)
+    a_tls = node_tls(tmp_path, ca, a, "worker")
+    client = ClusterClient(lambda: client_context(a_tls))
 
     async def describe() -> dict:
         return describe_as({})

@@ -34,7 +34,6 @@ EXTRA_STATUS = {  # status codes Docker's daemon gives that the swagger does not
     "GET /networks/{id}": {"400"},
     "POST /networks/create": {"409", "503"},
     "POST /swarm/unlock": {"400", "401", "409"},
-    "POST /swarm/update": {"501"},  # shoal: root CA rotation is not implemented
     "GET /distribution/{name}/json": {"400", "403", "404"},
 }
 INT_FORMATS = {"int64", "uint64", "uint32"}

@@ -8,8 +8,7 @@ import base64
 import pytest
 
 from shoal.api.decode import decode
-from shoal.manager.ca import make_root_ca
-from shoal.manager.secrets import Sealer, SealError, check_refs, data_key, needed, payload, reveal, users_of
+from shoal.manager.secrets import Sealer, SealError, check_refs, needed, new_data_key, payload, reveal, users_of
 from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
 from shoal.model.secrets import (
@@ -146,17 +145,17 @@ def test_target_paths_and_owners():
 # -- sealing -----------------------------------------------------------------------------------------------
 
 def test_sealed_values_open_only_with_the_same_key_and_object():
-    ca_key = make_root_ca()[1]
-    sealer = Sealer.from_ca_key(ca_key)
+    key = new_data_key()
+    sealer = Sealer(key)
     sealed = sealer.seal("secrets", "id1", b"hunter2")
     assert b"hunter2" not in sealed.encode() and base64.b64encode(b"hunter2").decode() not in sealed
     assert sealer.seal("secrets", "id1", b"hunter2") != sealed  # fresh nonce each time
-    assert Sealer.from_ca_key(ca_key).open("secrets", "id1", sealed) == b"hunter2"  # same CA key, same data key
+    assert Sealer(key).open("secrets", "id1", sealed) == b"hunter2"  # the same data key
     with pytest.raises(SealError):
         sealer.open("secrets", "id2", sealed)  # moved to another object
     with pytest.raises(SealError):
-        Sealer.from_ca_key(make_root_ca()[1]).open("secrets", "id1", sealed)  # another swarm's key
-    assert len(data_key(ca_key)) == 32
+        Sealer(new_data_key()).open("secrets", "id1", sealed)  # another swarm's key
+    assert len(key) == 32 and new_data_key() != key
 
 
 # -- the store side: references, users, what a node gets ----------------------------------------------------
@@ -165,7 +164,7 @@ async def test_refs_users_and_payloads():
     objs = Objects(MemoryStore())
     await objs.start()
     try:
-        sealer = Sealer.from_ca_key(make_root_ca()[1])
+        sealer = Sealer(new_data_key())
         sid, cid = new_id(), new_id()
         await objs.create("secrets", {"ID": sid, "CreatedAt": now(), "UpdatedAt": now(),
                                       "Spec": {"Name": "pw", "Labels": {}},

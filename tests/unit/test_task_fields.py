@@ -9,8 +9,6 @@ import copy
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.agent.executor.docker import container_config, port_status
 from shoal.agent.runner import expanded
@@ -19,7 +17,7 @@ from shoal.manager.control import ControlAPI
 from shoal.manager.dispatcher import for_node
 from shoal.manager.orchestrator.common import new_task
 from shoal.manager.scheduler.scheduler import Scheduler
-from shoal.manager.secrets import Sealer
+from shoal.manager.secrets import Sealer, new_data_key
 from shoal.model.errors import APIError
 from shoal.model.service import PREVIOUS_SEALED_AUTH, SEALED_AUTH, validate_spec
 from shoal.model.task import REGISTRY_AUTH, public
@@ -252,11 +250,10 @@ class Leader:
         self.node_id = "m"
         self.allocator = Allocator(objs)
         self.is_leader = True
-        self._key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        self._sealer = Sealer(new_data_key())
 
-    def ca_key_pem(self) -> bytes:
-        return self._key
+    def sealer(self) -> Sealer:
+        return self._sealer
 
 
 async def test_registry_auth_is_sealed_kept_across_updates_and_opened_only_for_the_tasks_node():
@@ -271,7 +268,7 @@ async def test_registry_auth_is_sealed_kept_across_updates_and_opened_only_for_t
         sid = await api.create_service(copy.deepcopy(spec), auth)
         svc = objs.get("services", sid)
         assert auth not in repr(svc) and auth not in repr(store._kv)  # sealed at rest
-        sealer = Sealer.from_ca_key(leader.ca_key_pem())
+        sealer = leader.sealer()
         task = {**new_task(svc, 1, "node1"), "Status": {"State": "assigned"}}
         assert SEALED_AUTH in task and SEALED_AUTH not in public(task)  # never shown by the API
         assert for_node(sealer, task)[REGISTRY_AUTH] == auth and SEALED_AUTH not in for_node(sealer, task)

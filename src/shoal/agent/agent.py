@@ -26,6 +26,7 @@ from shoal.agent.session import RemoteSession
 from shoal.agent.worker import Worker
 from shoal.aio import cancel_all
 from shoal.cluster.client import ClusterClient
+from shoal.cluster.messages import CAUpdate
 from shoal.engine import Engine
 from shoal.model.logs import LogLine, LogQuery
 from shoal.network import gwbridge
@@ -58,13 +59,13 @@ class Attached:
 class Agent:
     def __init__(self, cfg: AgentConfig, managers: list[str], client: ClusterClient, engine: Engine,
                  describe: Callable[[], Awaitable[dict]], on_role: Callable[[str, str], None],
-                 ask_leader: AskLeader) -> None:
+                 ask_leader: AskLeader, on_ca: Callable[[CAUpdate], None] | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.ask_leader = ask_leader
         self.network = NetworkAgent(cfg.node_id, f"unix://{cfg.engine}", cfg.plugin_dir,
                                     tunnel_key=cfg.tunnel_key) if cfg.networking else None
-        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role,
+        self.session = RemoteSession(managers, client, describe, cfg.addr, on_role=on_role, on_ca=on_ca,
                                      wg_key=self.network.public_key if self.network is not None else "")
         self.executor = DockerExecutor(f"unix://{cfg.engine}")
         self.files = TaskFiles(cfg.task_files, self.session)

@@ -19,6 +19,7 @@ from shoal.cluster.client import ClusterClient, Redirected, SessionRejected, Ses
 from shoal.cluster.messages import (
     Ack,
     Assignments,
+    CAUpdate,
     DescribeAgain,
     Description,
     Heartbeat,
@@ -44,7 +45,8 @@ class RemoteSession:
     """The agent's session with the leader (any manager sends it there)."""
 
     def __init__(self, managers: list[str], client: ClusterClient, describe: Callable[[], Awaitable[dict]],
-                 addr: str = "", on_role: Callable[[str, str], None] | None = None, wg_key: str = "") -> None:
+                 addr: str = "", on_role: Callable[[str, str], None] | None = None,
+                 on_ca: Callable[[CAUpdate], None] | None = None, wg_key: str = "") -> None:
         self.managers = list(managers)
         self.wg_key = wg_key  # this node's WireGuard public key (encrypted overlays)
         self.client = client
@@ -68,6 +70,7 @@ class RemoteSession:
         self.deps: dict[str, dict[str, dict]] = {"secrets": {}, "configs": {}}
         self.current = ""  # the manager (the leader) this session is with
         self.on_role = on_role  # (role, leader address): the node was promoted or demoted
+        self.on_ca = on_ca  # the cluster's CA, as the manager tells it (shoal.node.renewal)
         self.describe_period = DESCRIBE_PERIOD
         self._described: dict | None = None  # the description the manager has (as far as we know)
         self._unsent_description: dict | None = None  # a changed description waiting for the sender
@@ -169,14 +172,18 @@ class RemoteSession:
         """Describe this node again every ``describe_period``; queue the description when it changed."""
         while True:
             await asyncio.sleep(self.describe_period)
-            try:
-                description = self._latest = await self.describe()
-            except Exception as e:  # e.g. the engine is restarting: try again next period
-                log.info("describing this node failed: %s", e)
-                continue
-            if description != self._described and description != self._unsent_description:
-                self._unsent_description = description
-                self._outbox.put_nowait(None)
+            await self.describe_now()
+
+    async def describe_now(self) -> None:
+        """Describe this node (now: e.g. its certificate changed) and queue the description if it changed."""
+        try:
+            description = self._latest = await self.describe()
+        except Exception as e:  # e.g. the engine is restarting: try again next period
+            log.info("describing this node failed: %s", e)
+            return
+        if description != self._described and description != self._unsent_description:
+            self._unsent_description = description
+            self._outbox.put_nowait(None)
 
     async def _send_loop(self, sock: SessionSocket) -> None:
         while True:
@@ -220,6 +227,9 @@ class RemoteSession:
         elif isinstance(msg, NetworkMap):
             self.netmap = msg.map
             self.netmap_changed.set()
+        elif isinstance(msg, CAUpdate):
+            if self.on_ca is not None:
+                self.on_ca(msg)
         elif isinstance(msg, RoleChange):
             if self.on_role is not None:
                 self.on_role(msg.role, self.current)

@@ -8,16 +8,7 @@ from shoal.api.decode import decode
 from shoal.api.query import bool_value, parse_bool
 from shoal.api.server import Ctx, json_response, read_json, route
 from shoal.api.shape import complete
-from shoal.model.errors import APIError, BadRequest
-
-
-def _refuse_ca_rotation(current: dict, spec: dict) -> None:
-    """Root CA rotation (`docker swarm ca --rotate`, a new signing CA) is not implemented: say so rather
-    than accept a spec that claims it happened."""
-    ca = spec.get("CAConfig") or {}
-    rotate = (current["Spec"].get("CAConfig") or {}).get("ForceRotate", 0)
-    if ca.get("SigningCACert") or ca.get("SigningCAKey") or (ca.get("ForceRotate") or 0) != rotate:
-        raise APIError("rpc error: code = Unimplemented desc = shoal cannot rotate the swarm's root CA yet", 501)
+from shoal.model.errors import BadRequest
 
 
 @route("POST", "/swarm/init", manager=False)
@@ -42,7 +33,6 @@ async def update(ctx: Ctx, request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest(f"invalid swarm version '{q['version']}'") from None
     manager = ctx.manager
-    _refuse_ca_rotation(manager.cluster(), body)
     await manager.update_swarm(body, version, rotate_worker=parse_bool(q, "rotateWorkerToken", detail=False),
                                rotate_manager=parse_bool(q, "rotateManagerToken", detail=False),
                                rotate_unlock=parse_bool(q, "rotateManagerUnlockKey", detail=False))

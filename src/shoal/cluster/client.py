@@ -2,6 +2,8 @@
 
 A joining node has no certificate yet (``/ca`` with no verification, checked against the token's digest
 by the caller; ``/join`` trusting exactly that CA); every other call presents this node's certificate.
+Every call checks who answers: a manager's certificate (``swarm-manager``; ``swarm-ca`` to join) for
+everything but ``/logs``, which must come from the node asked for (its ID is in its certificate).
 A follower answers a request meant for the leader with 421 and the leader's address: :meth:`request`
 follows it. Refusals come back as :class:`~shoal.model.errors.APIError` with the server's message and
 status; connection failures as ``aiohttp.ClientError`` / ``TimeoutError``.
@@ -33,7 +35,8 @@ from shoal.cluster.messages import (
 )
 from shoal.model.errors import APIError, Unavailable
 from shoal.model.logs import LogLine
-from shoal.tls import ca_only_context, insecure_context
+from shoal.tls.certs import CA_NAME, MANAGER_NAME
+from shoal.tls.contexts import ca_only_context, insecure_context
 
 M = TypeVar("M", bound=Message)
 log = logging.getLogger(__name__)
@@ -99,7 +102,7 @@ class ClusterClient:
     async def join(self, remote: str, ca_pem: bytes, req: JoinRequest) -> JoinAnswer:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http, http.post(
-                    f"https://{remote}/join", data=encode(req), ssl=ca_only_context(ca_pem),
+                    f"https://{remote}/join", data=encode(req), ssl=ca_only_context(ca_pem), server_hostname=CA_NAME,
                     headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
                     raise await _refusal(resp, "join")
@@ -112,7 +115,7 @@ class ClusterClient:
         path = REQUEST_PATHS[type(msg)]
         for _ in range(3):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http, http.post(
-                    f"https://{leader}{path}", data=encode(msg), ssl=self._ssl(),
+                    f"https://{leader}{path}", data=encode(msg), ssl=self._ssl(), server_hostname=MANAGER_NAME,
                     headers={"Content-Type": "application/json"}) as resp:
                 if resp.status == 421 and resp.headers.get(LEADER_HEADER):
                     leader = resp.headers[LEADER_HEADER]
@@ -127,7 +130,8 @@ class ClusterClient:
         """An Engine-API write passed to the leader as it came (see :class:`~shoal.cluster.messages.Forwarded`)."""
         timeout = aiohttp.ClientTimeout(total=60, sock_connect=0.5)
         async with aiohttp.ClientSession(timeout=timeout) as http, http.request(
-                method, f"https://{leader}/api{path_qs}", data=body, headers=headers, ssl=self._ssl()) as resp:
+                method, f"https://{leader}/api{path_qs}", data=body, headers=headers, ssl=self._ssl(),
+                server_hostname=MANAGER_NAME) as resp:
             return ForwardedAnswer(status=resp.status, body=await resp.read(),
                                    content_type=resp.headers.get("Content-Type", "application/json"),
                                    revision=int(resp.headers.get(REVISION_HEADER, "0")))
@@ -136,7 +140,7 @@ class ClusterClient:
         """The lines node ``req.node``'s shoald reads from its engine."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
         async with aiohttp.ClientSession(timeout=timeout) as http, http.get(
-                f"https://{addr}/logs", params=req.params(), ssl=self._ssl()) as resp:
+                f"https://{addr}/logs", params=req.params(), ssl=self._ssl(), server_hostname=req.node) as resp:
             if resp.status != 200:
                 raise APIError(f"node {addr} refused the log request ({resp.status}): {await resp.text()}",
                                resp.status)
@@ -152,7 +156,7 @@ class ClusterClient:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             try:
                 ws = await http.ws_connect(f"https://{addr}/session", ssl=self._ssl(), heartbeat=None,
-                                           max_msg_size=64 * 1024 * 1024)
+                                           server_hostname=MANAGER_NAME, max_msg_size=64 * 1024 * 1024)
             except aiohttp.WSServerHandshakeError as e:
                 leader = (e.headers or {}).get(LEADER_HEADER) if e.status == 421 else None
                 if leader:

@@ -4,8 +4,8 @@ Two kinds travel:
 
 - **Session messages**, both ways over an agent's WebSocket (``GET /session``): JSON objects whose
   ``"type"`` names the message.
-- **Requests and answers** of the plain HTTPS calls (``/ca``, ``/join``, ``/role``, ``/attachments/*``,
-  ``/logs``, ``/api/*``): JSON bodies of the same shape (the ``"type"`` is carried too).
+- **Requests and answers** of the plain HTTPS calls (``/ca``, ``/join``, ``/role``, ``/renew``,
+  ``/attachments/*``, ``/logs``, ``/api/*``): JSON bodies of the same shape (the ``"type"`` is carried too).
 
 :func:`encode` and :func:`decode` are the only places that turn them into JSON and back; decoding drops
 unknown fields and refuses a message without its required fields or with a field of the wrong JSON type
@@ -222,6 +222,19 @@ class RoleChange(Message):
 
 
 @dataclass
+class CAUpdate(Message):
+    """Manager → agent, when the session opens and whenever the cluster's CA changes: the root to trust and
+    the CA whose certificates nodes should have (base64 of its DER subject and public key, as
+    ``TLSInfo`` shows them). A node whose certificate has another issuer renews at once; a node whose
+    trusted root differs takes the new one once its certificate chains to it."""
+
+    TYPE: ClassVar[str] = "ca-update"
+    trust_root: str = ""
+    issuer_subject: str = ""
+    issuer_public_key: str = ""
+
+
+@dataclass
 class SessionError(Message):
     """Manager → agent: the session is refused or over (e.g. the node was removed)."""
 
@@ -254,8 +267,23 @@ class JoinRequest(Message):
 
 
 @dataclass
+class ManagerKeys(Message):
+    """What a node becoming a manager receives (in :class:`JoinAnswer` and :class:`RoleAnswer`): the
+    cluster's data key (base64), the unlock key while autolock is on (``SWMKEY-1-…``, so that its keys
+    are sealed before they touch its disk), the managers' etcd CA and the etcd cluster to join."""
+
+    TYPE: ClassVar[str] = "manager-keys"
+    data_key: str = ""
+    unlock_key: str = ""
+    etcd_ca: str = ""
+    etcd_ca_key: str = ""
+    etcd_cluster: str = ""
+
+
+@dataclass
 class JoinAnswer(Message):
-    """The new node's identity and certificate; a manager also gets the CA key and its etcd cluster."""
+    """The new node's identity and certificate (followed by any intermediate); a manager also gets its
+    :class:`ManagerKeys` (as a wire object in ``keys``)."""
 
     TYPE: ClassVar[str] = "joined"
     node_id: str
@@ -263,8 +291,7 @@ class JoinAnswer(Message):
     cert: str
     ca: str = ""
     managers: list[str] = field(default_factory=list)
-    etcd_cluster: str = ""
-    ca_key: str = ""
+    keys: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -279,14 +306,32 @@ class RoleRequest(Message):
 
 @dataclass
 class RoleAnswer(Message):
-    """A certificate for the node's desired role; for a new manager its etcd cluster and the CA key."""
+    """A certificate for the node's desired role; for a new manager its :class:`ManagerKeys` (``keys``)."""
 
     TYPE: ClassVar[str] = "role-answer"
     role: str
     cert: str = ""
     managers: list[str] = field(default_factory=list)
-    etcd_cluster: str = ""
-    ca_key: str = ""
+    keys: dict = field(default_factory=dict)
+
+
+@dataclass
+class RenewRequest(Message):
+    """``POST /renew`` (to the leader): a node's CSR for a new certificate of its current role, before the
+    one it has expires (or at once when the cluster's CA changed)."""
+
+    TYPE: ClassVar[str] = "renew"
+    csr: str
+
+
+@dataclass
+class RenewAnswer(Message):
+    """The new certificate (followed by any intermediate) and the root the cluster trusts now."""
+
+    TYPE: ClassVar[str] = "renewed"
+    cert: str
+    role: str
+    trust_root: str = ""
 
 
 @dataclass
@@ -379,7 +424,8 @@ class NotLeader(Message):
 
 # where each request to the leader is posted
 REQUEST_PATHS: dict[type[Message], str] = {
-    RoleRequest: "/role", AttachRequest: "/attachments/attach", DetachRequest: "/attachments/detach",
+    RoleRequest: "/role", RenewRequest: "/renew", AttachRequest: "/attachments/attach",
+    DetachRequest: "/attachments/detach",
 }
 REVISION_HEADER = "X-Shoal-Revision"
 LEADER_HEADER = "X-Shoal-Leader"

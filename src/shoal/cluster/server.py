@@ -7,8 +7,12 @@ O = cluster ID) and calls the node's or the manager's handler.
 - ``GET /ca``, ``POST /join`` (managers; no client certificate: the joining node has none yet);
 - ``GET /session`` (managers) — an agent's session (WebSocket), handed to the dispatcher while leading,
   else answered 421 with the leader's address;
-- ``POST /role``, ``POST /attachments/attach|detach`` (the leader) — a node's requests;
+- ``POST /role``, ``POST /renew``, ``POST /attachments/attach|detach`` (the leader) — a node's requests;
 - ``* /api/<path>`` (the leader; managers ask) — an Engine-API write forwarded by another manager.
+
+A manager checks the asker against its store at every request, not only its certificate: a removed
+node is refused everything (403), and only a node that is a manager in the store now may forward writes
+or read logs through a manager (a demoted manager keeps a manager's certificate for a while).
 """
 
 from __future__ import annotations
@@ -36,14 +40,13 @@ from shoal.cluster.messages import (
     Message,
     NotLeader,
     ProtocolError,
-    RoleRequest,
     SessionError,
     decode,
     encode,
 )
 from shoal.model.errors import APIError, StoreError
 from shoal.model.logs import LogLine, LogQuery
-from shoal.tls import peer_identity
+from shoal.tls.certs import peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,10 @@ class ManagerEndpoints(Protocol):
     def cluster_id(self) -> str: ...
 
     def has_node(self, node_id: str) -> bool: ...
+
+    def role_of(self, node_id: str) -> str | None:
+        """The node's role in the store now; None when it was removed."""
+        ...
 
     def leader(self) -> str | None:
         """None while this manager leads; else the leader's cluster address (``""`` when unknown)."""
@@ -221,7 +228,8 @@ class ClusterServer:
     # -- every node --------------------------------------------------------------------------------
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         peer = _peer(request)
-        if peer is None or peer.role != "manager":
+        if peer is None or peer.role != "manager" or (self.manager is not None and
+                                                      self.manager.role_of(peer.node_id) != "manager"):
             return _error("only managers of this swarm may read logs", 403)
         req = LogsRequest.from_params(dict(request.rel_url.query))
         if req.node != self.node.node_id:
@@ -247,6 +255,8 @@ class ClusterServer:
         peer = _peer(request)
         if peer is None or peer.cluster_id != self.manager.cluster_id():
             return _error("a client certificate from this swarm is required", 401)
+        if self.manager.role_of(peer.node_id) is None:
+            return _error(REMOVED, 403)
         return peer
 
     async def _ca(self, request: web.Request) -> web.Response:
@@ -274,13 +284,15 @@ class ClusterServer:
         try:
             msg = decode(await request.read(), want)
         except ProtocolError:
-            return _error(f"invalid {'role' if want is RoleRequest else 'attachment'} request", 400)
+            return _error(f"invalid {want.TYPE} request", 400)
         return _answer(await self.manager.request(peer, msg))
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         assert self.manager is not None
         peer = self._member(request)
-        if isinstance(peer, web.Response) or peer.role != "manager":
+        if isinstance(peer, web.Response):
+            return peer
+        if peer.role != "manager" or self.manager.role_of(peer.node_id) != "manager":
             return _error("only managers of this swarm may forward API calls", 403)
         if self.manager.leader() is not None:
             return _error("rpc error: code = Unavailable desc = this manager is no longer the leader", 503)

@@ -1,10 +1,11 @@
 """Autolock's unlock key, kept in the cluster object (``docker swarm init --autolock``, ``docker swarm
 unlock-key [--rotate]``).
 
-The unlock key is sealed under a key derived from the CA key (so a copy of the store's files alone does not
-give it away) and is never shown by ``GET /swarm``. swarmkit's rules: a key appears when autolock is turned
-on, changes only on rotation, and goes when autolock is turned off. Each manager's own key files follow it
-(shoal.node.keylock).
+The unlock key is sealed under the cluster's data key (shoal.manager.sealed_fields: a copy of the store's
+files alone does not give it away) and is never shown by ``GET /swarm``; each manager's data key is in turn
+sealed under the unlock key while autolock is on. swarmkit's rules: a key appears when autolock is
+turned on, changes only on rotation, and goes when autolock is turned off. Each manager's own key files
+follow it (shoal.node.keylock).
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import base64
 import os
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shoal.manager import sealed_fields
+from shoal.manager.secrets import Sealer
 from shoal.model.errors import APIError, BadRequest
 
 PREFIX = "SWMKEY-1-"
-FIELD = "ShoalUnlockKey"  # in the cluster object: the unlock key sealed under the CA key; never shown
+FIELD = "UnlockKey"  # the sealed field of the cluster object (shoal.manager.sealed_fields)
 INVALID_KEY = "swarm could not be unlocked: invalid key provided"
 
 
@@ -65,29 +66,19 @@ def open_sealed(key: bytes, blob: bytes, label: bytes) -> bytes:
         raise InvalidUnlockKey() from None
 
 
-def _store_key(ca_key_pem: bytes) -> bytes:
-    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
-    der = ca_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-    return HKDF(hashes.SHA256(), 32, salt=None, info=b"shoal unlock key in the store").derive(der)
+def _autolock(cluster: dict) -> bool:
+    return bool(((cluster.get("Spec") or {}).get("EncryptionConfig") or {}).get("AutoLockManagers"))
 
 
-def update_cluster(cluster: dict, ca_key_pem: bytes, rotate: bool = False) -> None:
+def update_cluster(cluster: dict, sealer: Sealer, rotate: bool = False) -> None:
     """Give the cluster object the unlock key its spec asks for (swarmkit's rules: a key appears when
     autolock is turned on, changes only on rotation, and goes when autolock is turned off)."""
-    spec = cluster.get("Spec") or {}
-    if not (spec.get("EncryptionConfig") or {}).get("AutoLockManagers"):
-        cluster.pop(FIELD, None)
-        return
-    if FIELD not in cluster or rotate:
-        cluster[FIELD] = seal(_store_key(ca_key_pem), new_key(), b"unlock key").decode()
+    if not _autolock(cluster):
+        sealed_fields.put(cluster, sealer, FIELD, None)
+    elif not sealed_fields.has(cluster, FIELD) or rotate:
+        sealed_fields.put(cluster, sealer, FIELD, new_key())
 
 
-def unlock_key(cluster: dict, ca_key_pem: bytes) -> bytes | None:
+def unlock_key(cluster: dict, sealer: Sealer) -> bytes | None:
     """The cluster's unlock key (None when autolock is off)."""
-    blob = cluster.get(FIELD)
-    if not blob or not (cluster.get("Spec", {}).get("EncryptionConfig") or {}).get("AutoLockManagers"):
-        return None
-    return open_sealed(_store_key(ca_key_pem), blob.encode(), b"unlock key")
-
-
+    return sealed_fields.get(cluster, sealer, FIELD) if _autolock(cluster) else None

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.control import Forwarded
-from shoal.manager import autolock, roles
+from shoal.manager import autolock, ca, ca_rotation, roles, sealed_fields
 from shoal.manager.allocator import Allocator, normalise_networks, service_network_ids
-from shoal.manager.ca import join_token
+from shoal.manager.backup_seal import seal_file
 from shoal.manager.events import SwarmEvents
 from shoal.manager.membership import cluster_of
-from shoal.manager.secrets import Sealer, cached_sealer, check_refs, reveal, seal_registry_auth, users_of
+from shoal.manager.secrets import Sealer, SealError, check_refs, reveal, seal_registry_auth, users_of
 from shoal.model.cluster import default_cluster_spec, merge_spec
 from shoal.model.errors import (
     APIError,
@@ -62,7 +62,11 @@ class Leader(Protocol):
         """The leader's allocator (None on a follower)."""
         ...
 
-    def ca_key_pem(self) -> bytes: ...
+    def sealer(self) -> Sealer:
+        """The cluster's data key as a sealer (OSError when this manager has none)."""
+        ...
+
+    def data_key(self) -> bytes: ...
 
     async def forward(self, method: str, path_qs: str, body: bytes, headers: dict[str, str]) -> Forwarded: ...
 
@@ -102,14 +106,19 @@ class ControlAPI:
         return self.m.logs(service, task, query)
 
     def cluster(self, with_tokens: bool = True) -> dict:
-        c = copy.deepcopy(cluster_of(self.m.objs))
-        c.pop(autolock.FIELD, None)
-        if not with_tokens:
-            c.pop("JoinTokens", None)
+        """The cluster object as the API shows it: what is sealed or internal left out, the join tokens
+        opened (when asked for)."""
+        stored = cluster_of(self.m.objs)
+        c = copy.deepcopy({k: v for k, v in stored.items() if k not in (sealed_fields.FIELD, ca.CA_FIELD)})
+        if with_tokens:
+            try:
+                c["JoinTokens"] = ca.tokens(stored, self._sealer())
+            except SealError as e:
+                raise Unavailable(f"shoal: the join tokens cannot be opened on this manager: {e}") from None
         return c
 
     def unlock_key(self) -> str:
-        key = autolock.unlock_key(cluster_of(self.m.objs), self.m.ca_key_pem())
+        key = autolock.unlock_key(cluster_of(self.m.objs), self._sealer())
         return autolock.human(key) if key else ""
 
     def _allocator(self) -> Allocator:
@@ -120,8 +129,8 @@ class ControlAPI:
 
     def _sealer(self) -> Sealer:
         try:
-            return cached_sealer(self.m.ca_key_pem())
-        except (OSError, ValueError, TypeError) as e:
+            return self.m.sealer()
+        except (OSError, ValueError) as e:
             raise Unavailable(f"shoal: the cluster's data key is not available on this manager: {e}") from None
 
     def reveal(self, kind: str, obj: dict) -> bytes:
@@ -133,9 +142,11 @@ class ControlAPI:
         if not isinstance(store, EtcdStore):
             raise Unavailable("shoal: this manager's store cannot be backed up")
         with tempfile.TemporaryDirectory(dir=self.m.data_dir, prefix="backup-") as tmp:
-            path = Path(tmp) / "snapshot.db"
-            size = await backup(store, path)
-            yield str(path), size
+            plain, sealed = Path(tmp) / "snapshot.db", Path(tmp) / "backup.sealed"
+            await backup(store, plain)
+            size = await asyncio.to_thread(seal_file, plain, sealed, self.m.data_key())
+            plain.unlink()
+            yield str(sealed), size
 
     # -- the swarm --------------------------------------------------------------------------------
     async def update_swarm(self, spec: dict, version: int, rotate_worker: bool, rotate_manager: bool,
@@ -143,13 +154,17 @@ class ControlAPI:
         c = copy.deepcopy(cluster_of(self.m.objs))
         if version != c["Version"]["Index"]:
             raise OutOfSequence()
-        c["Spec"] = merge_spec(default_cluster_spec(), spec)
-        cert = c["TLSInfo"]["TrustRoot"].encode()
-        if rotate_worker:
-            c["JoinTokens"]["Worker"] = join_token(cert)
-        if rotate_manager:
-            c["JoinTokens"]["Manager"] = join_token(cert)
-        autolock.update_cluster(c, self.m.ca_key_pem(), rotate=rotate_unlock)
+        ca.check_node_cert_expiry(spec)
+        sealer = self._sealer()
+        which = tuple(r for r, asked in (("Worker", rotate_worker), ("Manager", rotate_manager)) if asked)
+        if which:  # with the current root, as swarmkit does
+            ca.new_tokens(c, sealer, ca.load(c, sealer).cert, which)
+        ca_rotation.update_ca(c, sealer, spec.get("CAConfig") or {})
+        # the signing certificate and key are never kept in the spec (swarmkit redacts them on every read)
+        kept = {**spec, "CAConfig": {k: v for k, v in (spec.get("CAConfig") or {}).items()
+                                     if k not in ("SigningCACert", "SigningCAKey")}}
+        c["Spec"] = merge_spec(default_cluster_spec(), kept)
+        autolock.update_cluster(c, sealer, rotate=rotate_unlock)
         c["UpdatedAt"] = now()
         await self.m.objs.update("clusters", c)
         self.m.cluster_changed()

@@ -1,8 +1,9 @@
 """The dispatcher: the leader's side of agent sessions.
 
-It hands each node the tasks assigned to it (with their secrets and configs) and its network map, writes
-the agents' status reports into the store (a task's observed state only moves forward), and marks nodes
-down when their heartbeats stop. It holds no transport code: the cluster port's server gives it each
+It hands each node the tasks assigned to it (with their secrets and configs), its network map and the
+cluster's CA (:class:`CAUpdate`), writes the agents' status reports into the store (a task's observed
+state only moves forward), marks nodes down when their heartbeats stop, and ends the session of a node
+removed from the swarm at once. It holds no transport code: the cluster port's server gives it each
 session's :class:`Channel` and the typed messages the agent sends (shoal.cluster.messages).
 """
 
@@ -17,6 +18,7 @@ from shoal.aio import MONOTONIC, Clock, cancel_all
 from shoal.cluster.messages import (
     Ack,
     Assignments,
+    CAUpdate,
     DescribeAgain,
     Description,
     Heartbeat,
@@ -27,6 +29,7 @@ from shoal.cluster.messages import (
     Refused,
     RoleChange,
     SessionConfig,
+    SessionError,
     StatusReport,
     Welcome,
 )
@@ -43,6 +46,8 @@ from shoal.model.views import ClusterView, NodeView
 from shoal.store.objects import Objects
 
 log = logging.getLogger(__name__)
+
+REMOVED = "rpc error: code = PermissionDenied desc = node has been removed from the swarm"
 
 
 class Channel(Protocol):
@@ -113,6 +118,13 @@ def for_node(sealer: Sealer | None, task: dict) -> dict:
     return out
 
 
+def ca_update(objs: Objects) -> CAUpdate:
+    """The cluster's CA as nodes should follow it: the root to trust and the issuer to hold a certificate of."""
+    info = next(iter(objs.list("clusters")), {}).get("TLSInfo") or {}
+    return CAUpdate(trust_root=info.get("TrustRoot", ""), issuer_subject=info.get("CertIssuerSubject", ""),
+                    issuer_public_key=info.get("CertIssuerPublicKey", ""))
+
+
 def _fingerprint(task: dict) -> tuple:
     """What an agent must hear about: everything but the status it reported itself."""
     return (task["DesiredState"], task.get("NodeID"))
@@ -131,6 +143,7 @@ class AgentSession:
         self.dirty = asyncio.Event()
         self.net_dirty = asyncio.Event()
         self.netmap: dict | None = None
+        self.ca_sent: CAUpdate | None = None
         self.closed = False
         self.pumps: list[asyncio.Task] = []  # what sends the node its tasks and its network map
 
@@ -195,7 +208,13 @@ class Dispatcher:
                         s.dirty.set()
                 for kind, nid in changes:
                     if kind == "nodes" and (s := self.sessions.get(nid)) is not None:
-                        await self.tell_role(s)
+                        if self.objs.get("nodes", nid) is None:
+                            await self.refuse_removed(s)
+                        else:
+                            await self.tell_role(s)
+                if any(kind == "clusters" for kind, _ in changes):
+                    for s in list(self.sessions.values()):
+                        await self.tell_ca(s)
         finally:
             checker.cancel()
             self.objs.unwatch(watcher)
@@ -304,6 +323,22 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             await s.send(RoleChange(role=want))
 
+    async def tell_ca(self, s: AgentSession) -> None:
+        """Send the node the cluster's CA when it changed since the session last heard it."""
+        update = ca_update(self.objs)
+        if update != s.ca_sent:
+            s.ca_sent = update
+            with contextlib.suppress(Exception):
+                await s.send(update)
+
+    async def refuse_removed(self, s: AgentSession) -> None:
+        """The node was removed: its session ends now (its certificate opens nothing any more)."""
+        self.close(s)
+        with contextlib.suppress(Exception):
+            await s.send(SessionError(REMOVED))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(s.channel.close(), 1.0)
+
     async def open(self, node_id: str, role: str, channel: Channel, hello: Hello, addr: str) -> AgentSession:
         """A node's new session (its older one ends): the node is ready, and its tasks and network map
         are sent from now on until :meth:`close`. A session opened as leadership ends is closed at once."""
@@ -323,6 +358,7 @@ class Dispatcher:
         await s.send(Welcome(node_id=node_id, heartbeat=self.interval, managers=managers))
         s.dirty.set()
         await self.tell_role(s)
+        await self.tell_ca(s)
         s.pumps = [asyncio.create_task(self._pump(s), name=f"assignments-{node_id}"),
                    asyncio.create_task(self._net_pump(s), name=f"netmap-{node_id}")]
         return s

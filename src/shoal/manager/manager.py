@@ -10,6 +10,7 @@ handler for writes forwarded by other managers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -29,14 +30,17 @@ from shoal.cluster.messages import (
     DetachRequest,
     JoinAnswer,
     JoinRequest,
+    ManagerKeys,
     Message,
+    RenewRequest,
     RoleRequest,
 )
 from shoal.cluster.server import Peer
 from shoal.control import Forwarded
-from shoal.manager import attachments, logs, membership, roles
+from shoal.manager import attachments, autolock, ca, logs, membership, roles
 from shoal.manager.allocator import Allocator, allocate_network
 from shoal.manager.ca import ClusterCA
+from shoal.manager.ca_rotation import RotationReconciler
 from shoal.manager.control import ControlAPI
 from shoal.manager.controller import Controller
 from shoal.manager.dispatcher import Dispatcher
@@ -45,7 +49,7 @@ from shoal.manager.netkeys import ROTATION, NetworkKeys
 from shoal.manager.orchestrator import orchestrators
 from shoal.manager.roles import RoleManager
 from shoal.manager.scheduler.controller import SchedulerController
-from shoal.manager.secrets import cached_sealer
+from shoal.manager.secrets import Sealer, cached_sealer
 from shoal.model.errors import BadRequest, Unavailable
 from shoal.model.ids import now
 from shoal.model.logs import LogLine, LogQuery
@@ -55,10 +59,11 @@ from shoal.store.base import StoreError
 from shoal.store.election import LEADER_KEY, Election
 from shoal.store.etcd import EtcdStore
 from shoal.store.etcd_member import EtcdMember
-from shoal.store.etcd_tls import issue_etcd_cert
+from shoal.store.etcd_tls import MEMBER_CN, issue_etcd_cert
 from shoal.store.housekeeping import housekeep
 from shoal.store.objects import Objects
-from shoal.tls import NodeTLS
+from shoal.tls.certs import validity
+from shoal.tls.files import NodeTLS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +104,7 @@ class Manager:
         self.node_id = cfg.node_id
         self.data_dir = cfg.data_dir
         self.tls = tls
-        self.ca = ClusterCA(tls)
+        self.ca = ClusterCA(lambda: self.objs, self.sealer)
         self.client = client
         self.events = events  # kept by the node: the history outlives a manager
         self._local_logs = local_logs
@@ -124,18 +129,32 @@ class Manager:
     def store(self) -> EtcdStore:
         return self.objs.store  # type: ignore[return-value]
 
-    def ca_key_pem(self) -> bytes:
-        return self.ca.key_pem()
+    def data_key(self) -> bytes:
+        """The cluster's data key (OSError without it: a locked manager)."""
+        return self.tls.data_key()
+
+    def sealer(self) -> Sealer:
+        """What seals the cluster's secrets in the store and opens them."""
+        return cached_sealer(self.data_key())
+
+    def issue_etcd_cert(self) -> tuple:
+        """This member's etcd certificate, from the managers' etcd CA, as long-lived as the node's own
+        (issued at each start and again at each renewal of the node's certificate; etcd reads the files
+        again at each new connection)."""
+        nb, na = validity(self.tls.cert.read_bytes())
+        return issue_etcd_cert(self.tls.etcd_ca.read_bytes(), self.tls.etcd_ca_key.read_bytes(),
+                               self.data_dir / "etcd-tls", ips=sorted({"127.0.0.1", self.cfg.addr}),
+                               name=self.node_id, cn=MEMBER_CN, expiry=na - nb)
 
     async def start_store(self, new: bool, force_new: bool = False) -> None:
-        """Start this manager's etcd member (mutual TLS from the cluster CA, peers on the advertised
-        address) and the object cache over it."""
-        client_tls, peer_tls = issue_etcd_cert(self.ca.cert_pem(), self.ca.key_pem(), self.data_dir / "etcd-tls",
-                                               ips=sorted({"127.0.0.1", self.cfg.addr}), name=self.node_id)
+        """Start this manager's etcd member (mutual TLS from the managers' etcd CA: peers must show a
+        manager's etcd certificate; peers on the advertised address) and the object cache over it."""
+        client_tls, peer_tls = self.issue_etcd_cert()
         cluster = self.cfg.etcd_cluster or f"{self.node_id}={self.peer_url}"
         self.etcd = EtcdMember(self.node_id, self.data_dir / "etcd", f"https://127.0.0.1:{self.cfg.etcd_client_port}",
                                self.peer_url, cluster, "new" if new else "existing",
-                               client_tls=client_tls, peer_tls=peer_tls, force_new_cluster=force_new)
+                               client_tls=client_tls, peer_tls=peer_tls, force_new_cluster=force_new,
+                               peer_allowed_cn=MEMBER_CN)
         await self.etcd.start(ready_within=60)
         self.objs = Objects(self.etcd.store())
         await self.objs.start()
@@ -167,17 +186,21 @@ class Manager:
     def leader_components(self) -> list[Controller | Dispatcher]:
         """Everything that runs only on the leader, in the order it starts."""
         assert self.dispatcher is not None and self.allocator is not None
-        return [self.dispatcher, *store_controllers(self.objs, self.allocator),
-                RoleManager(self.objs, self.node_id, self.remove_etcd_member),
-                NetworkKeys(self.objs, self.dispatcher.sealer, self.cfg.overlay_key_rotation)]
+        components: list[Controller | Dispatcher] = [
+            self.dispatcher, *store_controllers(self.objs, self.allocator),
+            RoleManager(self.objs, self.node_id, self.remove_etcd_member),
+            NetworkKeys(self.objs, self.dispatcher.sealer, self.cfg.overlay_key_rotation)]
+        if self.dispatcher.sealer is not None:
+            components.append(RotationReconciler(self.objs, self.dispatcher.sealer))
+        return components
 
     async def become_leader(self) -> None:
         """Start the leader components on a freshly read cache; mark this manager the leader."""
         await self.objs.reload()  # the store may still be catching up after an election: read it fresh
-        try:  # without the CA key no secret can be opened (tasks needing one are then refused), the rest runs
-            sealer = cached_sealer(self.ca.key_pem())
-        except (OSError, ValueError, TypeError) as e:  # TypeError: a passphrase-protected key
-            log.error("cannot derive the secrets data key from the cluster CA key: %s", e)
+        try:  # without the data key no secret can be opened (tasks needing one are then refused), the rest runs
+            sealer: Sealer | None = self.sealer()
+        except (OSError, ValueError) as e:
+            log.error("this manager has no data key: %s", e)
             sealer = None
         self.dispatcher = Dispatcher(self.objs, sealer)
         self.allocator = Allocator(self.objs)
@@ -300,6 +323,19 @@ class Manager:
     def has_node(self, node_id: str) -> bool:
         return self.objs.get("nodes", node_id) is not None
 
+    def role_of(self, node_id: str) -> str | None:
+        """The node's role in the store now (its desired role: a demoted manager is a worker at once);
+        None when it was removed."""
+        raw = self.objs.get("nodes", node_id)
+        return None if raw is None else NodeView(raw).role
+
+    def manager_keys(self) -> ManagerKeys:
+        """What a new manager receives (the etcd cluster to join is added by the caller)."""
+        unlock = autolock.unlock_key(membership.cluster_of(self.objs), self.sealer())
+        return ManagerKeys(data_key=base64.b64encode(self.tls.data_key()).decode(),
+                           unlock_key=autolock.human(unlock) if unlock else "",
+                           etcd_ca=self.tls.etcd_ca.read_text(), etcd_ca_key=self.tls.etcd_ca_key.read_text())
+
     def leader(self) -> str | None:
         return None if self.is_leader else self.leader_addr
 
@@ -311,12 +347,15 @@ class Manager:
         return self.objs.revision
 
     async def join(self, req: JoinRequest, peer_addr: str) -> JoinAnswer:
-        return await membership.join(self.objs, self.store, self.ca, req, peer_addr)
+        tokens = ca.tokens(membership.cluster_of(self.objs), self.sealer())
+        return await membership.join(self.objs, self.store, self.ca, tokens, self.manager_keys, req, peer_addr)
 
     async def request(self, peer: Peer, msg: Message) -> Message:
         """A node's request to the leader (from the cluster port, or from this node itself)."""
         if isinstance(msg, RoleRequest):
-            return await membership.change_role(self.objs, self.store, self.ca, peer.node_id, msg)
+            return await membership.change_role(self.objs, self.store, self.ca, self.manager_keys, peer.node_id, msg)
+        if isinstance(msg, RenewRequest):
+            return membership.renew(self.objs, self.ca, peer.node_id, peer.role, msg)
         allocator = self.allocator
         if allocator is None:
             raise Unavailable("rpc error: code = Unavailable desc = this manager is no longer the leader")

@@ -2,9 +2,10 @@
 etcd members behind managers (quorum arithmetic and the role manager are in :mod:`shoal.manager.roles`).
 
 A joining node sends a token and a CSR: the token says its role, the CA signs its certificate, its node
-object is written, and a manager also gets an etcd member (added before it starts its own, as etcd wants),
-the CA key and the etcd cluster to join. A promoted or demoted node asks the same way for what its new
-role needs.
+object is written, and a manager also gets an etcd member (added before it starts its own, as etcd wants)
+and its :class:`~shoal.cluster.messages.ManagerKeys` (the cluster's data key, the unlock key, the etcd CA
+and the etcd cluster to join). A promoted or demoted node asks the same way for what its new role needs;
+every node renews its certificate the same way before it expires (:func:`renew`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections.abc import Callable
 
-from shoal.cluster.messages import JoinAnswer, JoinRequest, RoleAnswer, RoleRequest
+from shoal.cluster.messages import (
+    JoinAnswer,
+    JoinRequest,
+    ManagerKeys,
+    RenewAnswer,
+    RenewRequest,
+    RoleAnswer,
+    RoleRequest,
+)
 from shoal.manager.ca import ClusterCA
 from shoal.model.errors import APIError, BadRequest, Unavailable
 from shoal.model.ids import new_id, now
@@ -65,20 +75,26 @@ async def remove_etcd_member(store: EtcdStore, name: str) -> None:
             return
 
 
-async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, req: JoinRequest, peer_addr: str) -> JoinAnswer:
-    """A node joins with a token: its identity, certificate and node object (and, for a manager, its etcd
-    member and the CA key)."""
-    cluster = cluster_of(objs)
-    tokens = cluster.get("JoinTokens") or {}
+Keys = Callable[[], ManagerKeys]  # what a new manager receives, from the manager answering
+
+
+def _sign(ca: ClusterCA, csr: str, node_id: str, role: str) -> str:
+    try:
+        return ca.sign(csr.encode(), node_id, role).decode()
+    except ValueError as e:
+        raise BadRequest(f"invalid certificate request: {e}") from None
+
+
+async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, tokens: dict[str, str], keys: Keys,
+               req: JoinRequest, peer_addr: str) -> JoinAnswer:
+    """A node joins with a token (``tokens``: the cluster's, opened): its identity, certificate and node
+    object (and, for a manager, its etcd member and :class:`ManagerKeys`)."""
     role = next((r for r, key in (("worker", "Worker"), ("manager", "Manager"))
-                 if hmac.compare_digest(req.token.encode(), tokens.get(key, "").encode())), None)
+                 if tokens.get(key) and hmac.compare_digest(str(req.token).encode(), tokens[key].encode())), None)
     if role is None:
         raise BadRequest(INVALID_TOKEN)
     node_id = new_id()
-    try:
-        cert = ca.sign(req.csr.encode(), node_id, role, cluster["ID"])
-    except ValueError as e:
-        raise BadRequest(f"invalid certificate request: {e}") from None
+    cert = _sign(ca, req.csr, node_id, role)
     addr = req.addr or peer_addr
     avail = req.availability or "active"
     if avail not in ("active", "pause", "drain"):
@@ -90,7 +106,7 @@ async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, req: JoinRequest,
         "Description": req.description or {},
         "Status": {"State": "unknown", "Addr": addr},
     }
-    answer = JoinAnswer(node_id=node_id, role=role, cert=cert.decode(), ca=ca.cert_pem().decode(),
+    answer = JoinAnswer(node_id=node_id, role=role, cert=cert, ca=ca.cert_pem().decode(),
                         managers=manager_addrs(objs))
     if role == "manager":
         node["ManagerStatus"] = {"Leader": False, "Reachability": "reachable",
@@ -99,18 +115,20 @@ async def join(objs: Objects, store: EtcdStore, ca: ClusterCA, req: JoinRequest,
     await objs.create("nodes", node)
     if role == "manager":
         try:
-            answer.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
+            mk = keys()
+            mk.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
         except Exception:
             with contextlib.suppress(Exception):
                 await objs.delete("nodes", objs.get("nodes", node_id) or node)
             raise
-        answer.ca_key = ca.key_pem().decode()
+        answer.keys = mk.to_wire()
     return answer
 
 
-async def change_role(objs: Objects, store: EtcdStore, ca: ClusterCA, node_id: str, req: RoleRequest) -> RoleAnswer:
+async def change_role(objs: Objects, store: EtcdStore, ca: ClusterCA, keys: Keys, node_id: str,
+                      req: RoleRequest) -> RoleAnswer:
     """A node whose desired role changed asks for it: a certificate for the role, and for a new manager its
-    ManagerStatus, an etcd member, the CA key and the etcd cluster to join."""
+    ManagerStatus, an etcd member and :class:`ManagerKeys`."""
     raw = objs.get("nodes", node_id)
     if raw is None:
         raise APIError(REMOVED, 403)
@@ -129,11 +147,20 @@ async def change_role(objs: Objects, store: EtcdStore, ca: ClusterCA, node_id: s
             return True
 
         await objs.modify("nodes", node_id, add_status)
-        answer.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
-        answer.ca_key = ca.key_pem().decode()
+        mk = keys()
+        mk.etcd_cluster = await add_etcd_member(store, node_id, req.peer_url)
+        answer.keys = mk.to_wire()
         answer.managers = sorted({*manager_addrs(objs), addr})
-    try:
-        answer.cert = ca.sign(req.csr.encode(), node_id, node.role, cluster_of(objs)["ID"]).decode()
-    except ValueError as e:
-        raise BadRequest(f"invalid certificate request: {e}") from None
+    answer.cert = _sign(ca, req.csr, node_id, node.role)
     return answer
+
+
+def renew(objs: Objects, ca: ClusterCA, node_id: str, cert_role: str, req: RenewRequest) -> RenewAnswer:
+    """A node renews its certificate (swarmkit: a CSR to a manager's CA server). The role stays the one it
+    holds: a manager's while its certificate says manager and it is still an etcd member, else a
+    worker's (a promotion goes through :func:`change_role`). A removed node gets nothing."""
+    raw = objs.get("nodes", node_id)
+    if raw is None:
+        raise APIError(REMOVED, 403)
+    role = "manager" if cert_role == "manager" and NodeView(raw).manager_status is not None else "worker"
+    return RenewAnswer(cert=_sign(ca, req.csr, node_id, role), role=role, trust_root=ca.cert_pem().decode())

@@ -2,11 +2,12 @@
 
 A secret's data is sealed with AES-256-GCM before it reaches the store: the object keeps
 ``"Sealed": "v1:<base64 of nonce ‖ ciphertext ‖ tag>"`` and no ``Spec.Data``; the object's kind and ID
-are the associated data, so a sealed value cannot be moved to another object. The key is derived
-(HKDF-SHA256) from the private scalar of the cluster's root CA key, which every manager holds in
-``<data-dir>/certificates/swarm-root-ca.key`` (mode 0600) and workers never get: no extra key to
-distribute or back up, and whatever protects the CA key protects the secrets too. Configs are not
-secret and are stored as given.
+are the associated data, so a sealed value cannot be moved to another object. The key is the cluster's
+data key: 32 random bytes made at ``swarm init``, handed to each manager when it joins (over mutual
+TLS) and kept in ``<data-dir>/certificates/swarm-data.key`` (mode 0600; with autolock only in memory and
+sealed under the unlock key), never given to workers. The cluster's own secrets (join tokens, the CA
+key, the unlock key) are sealed with it too (shoal.manager.sealed_fields). Configs are not secret and
+are stored as given.
 
 The dispatcher hands a node the secrets and configs of the tasks assigned to it (see
 :func:`needed`, :func:`payload`), decrypted, over the node's mutual-TLS session.
@@ -23,10 +24,7 @@ import functools
 import os
 from collections.abc import Iterable
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shoal.model import states
 from shoal.model.errors import InvalidArgument
@@ -34,7 +32,6 @@ from shoal.model.secrets import references
 from shoal.model.service import SEALED_AUTH
 from shoal.store.objects import Objects
 
-_INFO = b"shoal secrets data key v1"
 _PREFIX = "v1:"
 
 
@@ -42,15 +39,9 @@ class SealError(Exception):
     """A sealed value could not be opened (wrong key, or tampered with)."""
 
 
-def data_key(ca_key_pem: bytes) -> bytes:
-    """The 256-bit data key derived from the cluster root CA's private key."""
-    key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        material = key.private_numbers().private_value.to_bytes(66, "big")
-    else:  # any other key type: its canonical DER encoding
-        material = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(material)
+def new_data_key() -> bytes:
+    """A new cluster data key (``swarm init``)."""
+    return os.urandom(32)
 
 
 class Sealer:
@@ -58,10 +49,6 @@ class Sealer:
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
-
-    @classmethod
-    def from_ca_key(cls, ca_key_pem: bytes) -> Sealer:
-        return cls(data_key(ca_key_pem))
 
     def seal(self, kind: str, oid: str, data: bytes) -> str:
         nonce = os.urandom(12)
@@ -143,8 +130,8 @@ def task_registry_auth(sealer: Sealer | None, task: dict) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_sealer(ca_key_pem: bytes) -> Sealer:
-    return Sealer.from_ca_key(ca_key_pem)
+def cached_sealer(data_key: bytes) -> Sealer:
+    return Sealer(data_key)
 
 
 def check_refs(objs: Objects, spec: dict) -> None:

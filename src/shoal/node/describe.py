@@ -6,10 +6,10 @@ import contextlib
 import socket
 
 from shoal.engine import Engine
-from shoal.manager.ca import tls_info
 from shoal.model.labels import PLUGIN_DRIVER
 from shoal.model.service import SECOND
-from shoal.tls import NodeTLS
+from shoal.tls.certs import issuer_of, tls_info
+from shoal.tls.files import NodeTLS
 
 # Always listed, whatever networks the engine has at the moment: Docker lists its built-in multi-host
 # driver ``overlay``; shoal's own driver (the engine-local twins of swarm networks) is served by this
@@ -49,6 +49,8 @@ async def describe(engine: Engine, tls: NodeTLS) -> dict:
 
 
 def _tls_info(tls: NodeTLS) -> dict:
-    with contextlib.suppress(OSError):
-        return tls_info(tls.ca.read_bytes())
+    """The root this node trusts, and the CA that issued its certificate (moby's ``TLSInfo``)."""
+    with contextlib.suppress(OSError, ValueError):
+        trust = tls.ca.read_bytes()
+        return tls_info(trust, issuer_of(tls.cert.read_bytes(), trust))
     return {}

@@ -1,11 +1,14 @@
 """Autolock on this node: a manager's keys encrypted at rest with the swarm's unlock key (``docker swarm
 init --autolock``, ``docker swarm unlock``, ``docker swarm unlock-key --rotate``).
 
-With autolock on, a manager's private keys — its node TLS key, the cluster CA key (from which the store's
-secret-sealing key is derived) and its etcd member's TLS key — live only in memory (a directory on
-``/dev/shm``, linked from the data dir). On disk there is a sealed copy (AES-256-GCM under the unlock key,
-``<data-dir>/locked-keys.sealed``). A restarted manager therefore cannot start its etcd member or its
-cluster port: it stays ``locked`` until ``POST /swarm/unlock`` brings the right key.
+With autolock on, a manager's private keys — its node TLS key, the cluster's data key (which seals the
+join tokens, the CA key, the unlock key and the secrets in the store) and the etcd CA's key and its etcd
+member's TLS key — live only in memory (a directory on ``/dev/shm``, linked from the data dir). On disk
+there is a sealed copy (AES-256-GCM under the unlock key, ``<data-dir>/locked-keys.sealed``). A restarted
+manager therefore cannot start its etcd member or its cluster port, nor read anything sealed in the store:
+it stays ``locked`` until ``POST /swarm/unlock`` brings the right key. A key written while locked (a
+renewed certificate's key; a joining manager's keys, when the leader gave it the unlock key first) goes
+straight to memory, and the sealed copy is made again (:meth:`KeyLock.reseal`).
 
 The unlock key itself is kept in the cluster object (shoal.manager.autolock). Every manager follows the
 cluster object (:meth:`KeyLock.follow`): it locks its own keys when autolock is turned on, reseals them when
@@ -22,8 +25,9 @@ import shutil
 from pathlib import Path
 
 from shoal.manager.autolock import open_sealed, seal
+from shoal.tls.files import DIR_MODE, KEY_MODE, private_dir, write_file
 
-KEY_FILES = ("certificates/swarm-node.key", "certificates/swarm-root-ca.key")
+KEY_FILES = ("certificates/swarm-node.key", "certificates/swarm-data.key", "certificates/etcd-ca.key")
 KEY_DIRS = ("etcd-tls",)
 SEALED = "locked-keys.sealed"
 RUNTIME_ROOT = Path("/dev/shm")
@@ -58,11 +62,9 @@ class KeyLock:
         self.key = None
 
     def _link(self, rel: str, is_dir: bool) -> None:
+        """``<data-dir>/rel`` becomes a link into memory (what it held moves there)."""
         path, target = self.data_dir / rel, self.runtime / rel
-        if is_dir:
-            target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(target if is_dir else target.parent)
         if path.is_symlink():
             if path.readlink() == target:
                 return
@@ -72,42 +74,44 @@ class KeyLock:
                 shutil.move(str(child), target / child.name)
             path.rmdir()
         elif path.exists():
-            target.write_bytes(path.read_bytes())
-            target.chmod(0o600)
+            write_file(target, path.read_bytes(), KEY_MODE)
             path.unlink()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         path.symlink_to(target)
 
     def enable(self, key: bytes) -> None:
-        """Move the key files into memory and keep a copy on disk sealed under ``key``."""
-        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.runtime.chmod(0o700)
+        """Keep the key files in memory (those there are move; those to come will be written there) and a
+        copy on disk sealed under ``key``."""
+        private_dir(self.runtime)
         for rel in KEY_FILES:
-            if (self.data_dir / rel).exists():
-                self._link(rel, is_dir=False)
+            self._link(rel, is_dir=False)
         for rel in KEY_DIRS:
             self._link(rel, is_dir=True)
         self.seal(key)
+
+    def reseal(self) -> None:
+        """After a key file changed: make the sealed copy again (nothing to do when autolock is off)."""
+        if self.enabled and self.key is not None:
+            self.seal(self.key)
 
     def seal(self, key: bytes) -> None:
         """(Re)write the sealed copy of the key files under ``key``."""
         bundle = {rel: base64.b64encode((self.runtime / rel).read_bytes()).decode()
                   for rel in KEY_FILES if (self.runtime / rel).exists()}
-        tmp = self.sealed.with_suffix(".tmp")
-        tmp.write_bytes(seal(key, json.dumps(bundle).encode(), b"shoal manager keys"))
-        tmp.chmod(0o600)
-        tmp.replace(self.sealed)
+        write_file(self.sealed, seal(key, json.dumps(bundle).encode(), b"shoal manager keys"), KEY_MODE)
         self.key = key
+
+    def read_sealed(self, key: bytes) -> dict[str, bytes]:
+        """The key files of the sealed copy, opened with ``key`` (InvalidUnlockKey when it is not the key)."""
+        bundle = json.loads(open_sealed(key, self.sealed.read_bytes(), b"shoal manager keys"))
+        return {rel: base64.b64decode(data) for rel, data in bundle.items()}
 
     def unlock(self, key: bytes) -> None:
         """Open the sealed copy with ``key`` (InvalidUnlockKey when it is not the key) into memory."""
-        bundle = json.loads(open_sealed(key, self.sealed.read_bytes(), b"shoal manager keys"))
-        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        bundle = self.read_sealed(key)
+        private_dir(self.runtime)
         for rel, data in bundle.items():
-            target = self.runtime / rel
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            target.write_bytes(base64.b64decode(data))
-            target.chmod(0o600)
+            write_file(self.runtime / rel, data, KEY_MODE)
             self._link(rel, is_dir=False)
         for rel in KEY_DIRS:
             self._link(rel, is_dir=True)
@@ -123,9 +127,9 @@ class KeyLock:
             path.unlink()
             if target.is_dir():
                 shutil.copytree(target, path)
+                path.chmod(DIR_MODE)
             elif target.exists():
-                path.write_bytes(target.read_bytes())
-                path.chmod(0o600)
+                write_file(path, target.read_bytes(), KEY_MODE)
         self.sealed.unlink(missing_ok=True)
         self.wipe()
 

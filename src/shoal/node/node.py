@@ -10,6 +10,7 @@ manager's store catches up, the agent re-adopts its containers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import shutil
@@ -25,14 +26,24 @@ from shoal.agent.agent import Agent, AgentConfig
 from shoal.agent.files import unmount as unmount_task_files
 from shoal.aio import cancel_all
 from shoal.cluster.client import ClusterClient
-from shoal.cluster.messages import JoinRequest, Message, RoleAnswer, RoleRequest
+from shoal.cluster.messages import (
+    JoinRequest,
+    ManagerKeys,
+    Message,
+    RenewAnswer,
+    RenewRequest,
+    RoleAnswer,
+    RoleRequest,
+    from_wire,
+)
 from shoal.cluster.server import ClusterServer, Peer
 from shoal.engine import Engine
-from shoal.manager import autolock
-from shoal.manager.ca import ca_digest, join_token, make_root_ca, tls_info
+from shoal.manager import autolock, ca
+from shoal.manager.ca_rotation import root_for_init
 from shoal.manager.events import SwarmEvents
 from shoal.manager.manager import ApiHandler, Manager, ManagerConfig
 from shoal.manager.membership import cluster_of
+from shoal.manager.secrets import Sealer, new_data_key
 from shoal.model.cluster import default_cluster_spec, init_overrides, merge_spec
 from shoal.model.errors import NOT_A_MANAGER, WORKER_NOT_MANAGER, APIError, BadRequest, Conflict, Unavailable
 from shoal.model.ids import new_id, now
@@ -40,13 +51,17 @@ from shoal.model.logs import LogLine, LogQuery
 from shoal.model.views import NodeView
 from shoal.node.describe import describe
 from shoal.node.keylock import LEAVE_LOCKED, LOCKED, NOT_LOCKED, KeyLock
+from shoal.node.renewal import Renewer
 from shoal.node.state import NodeState
 from shoal.store.base import StoreError
-from shoal.tls import NodeTLS, key_pem, make_csr, new_key, sign_csr
+from shoal.tls.certs import issue_node_cert, key_pem, make_csr, make_root_ca, new_key
+from shoal.tls.contexts import ServerContexts, client_context
+from shoal.tls.files import NodeTLS, private_dir
 
 log = logging.getLogger(__name__)
 
 JOIN_READY_WAIT = 20.0  # seconds `swarm join` waits for the node's session (moby: swarmConnectTimeout)
+ETCD_CA_CN = "shoal-etcd-ca"  # the managers' own CA for etcd's member certificates
 ALREADY_IN_SWARM = ('This node is already part of a swarm. Use "docker swarm leave" to leave this swarm '
                     "and join another one.")
 NOT_IN_SWARM = "This node is not part of a swarm"
@@ -90,12 +105,14 @@ class Node:
         self.tls = NodeTLS(cfg.data_dir / "certificates")
         self.keylock = KeyLock(cfg.data_dir)  # a manager's keys with --autolock
         self.engine = Engine(cfg.engine)
-        self.client = ClusterClient(self.tls.client_context)
+        self.client = ClusterClient(lambda: client_context(self.tls))
         self.events = SwarmEvents()  # for `docker events` (managers); the history outlives role changes
         self.agent: Agent | None = None
         self.manager: Manager | None = None  # while this node is a manager
         self._api_handler: ApiHandler | None = None  # the Engine API, for writes other managers forward here
         self._server: ClusterServer | None = None
+        self._server_tls: ServerContexts | None = None  # the cluster port's certificate, reloaded on renewal
+        self.renewer: Renewer | None = None  # keeps this node's certificate current while in a swarm
         self._lock = asyncio.Lock()  # one membership change at a time
         self._tasks: list[asyncio.Task] = []
         self._role_task: asyncio.Task | None = None
@@ -153,7 +170,7 @@ class Node:
     async def start(self) -> None:
         """Come back into the swarm this node was in (if any): a manager with autolock waits for
         ``swarm unlock``; the rest resume in the background (a manager's store may take a while)."""
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cfg.data_dir)  # 0700, as Docker keeps /var/lib/docker/swarm
         saved = NodeState.load(self.state_file)
         if saved is None:
             return
@@ -202,10 +219,18 @@ class Node:
         return Manager(cfg, self.tls, self.client, self.events, self.local_logs, self._follow_cluster,
                        self._api_handler)
 
-    async def _join_store(self, ca_key: str, etcd_cluster: str) -> None:
-        """Become a manager of an existing swarm: the CA key, and an etcd member joining the others."""
-        self.tls.write_ca_key(ca_key.encode())
-        self.state.etcd_cluster = etcd_cluster
+    def _receive_manager_keys(self, keys: ManagerKeys) -> None:
+        """Keep what a manager needs: with autolock the keys go to memory (and sealed) before any touches
+        the disk."""
+        if keys.unlock_key and not self.keylock.enabled:
+            self.keylock.enable(autolock.parse(keys.unlock_key))
+        self.tls.write_manager_keys(base64.b64decode(keys.data_key), keys.etcd_ca.encode(), keys.etcd_ca_key.encode())
+        self.keylock.reseal()
+
+    async def _join_store(self, keys: ManagerKeys) -> None:
+        """Become a manager of an existing swarm: its keys, and an etcd member joining the others."""
+        self._receive_manager_keys(keys)
+        self.state.etcd_cluster = keys.etcd_cluster
         shutil.rmtree(self.cfg.data_dir / "etcd", ignore_errors=True)
         manager = self._new_manager()
         await manager.start_store(new=False)
@@ -219,7 +244,8 @@ class Node:
     async def _start_roles(self) -> None:
         """Run what this node's role needs: the cluster port, the agent, and as a manager the manager."""
         host, port = split_addr(self.cfg.listen_addr or self.state.listen or "0.0.0.0:2377")
-        self._server = ClusterServer(self, self.manager, self.tls.server_context(), host, port)
+        self._server_tls = ServerContexts(self.tls)
+        self._server = ClusterServer(self, self.manager, self._server_tls.context, host, port)
         try:
             await self._server.start()
         except OSError as e:
@@ -237,9 +263,25 @@ class Node:
         agent_cfg = AgentConfig(node_id=self.node_id, addr=self.state.addr, engine=self.cfg.engine,
                                 task_files=self.task_files_dir, networking=self.cfg.networking,
                                 plugin_dir=self.cfg.plugin_dir, tunnel_key=self.cfg.data_dir / "wireguard.key")
+        self.renewer = Renewer(self.tls, self._ask_renewal, self._certificate_changed, self._lock,
+                               written=self.keylock.reseal)
+        self._tasks.append(asyncio.create_task(self.renewer.run(), name="certificate-renewal"))
         self.agent = Agent(agent_cfg, managers, self.client, self.engine, self.describe, self._on_role,
-                           self.ask_leader)
+                           self.ask_leader, on_ca=self.renewer.ca_update)
         await self.agent.start()
+
+    async def _ask_renewal(self, req: RenewRequest) -> RenewAnswer:
+        return await self.ask_leader(req, RenewAnswer)
+
+    async def _certificate_changed(self) -> None:
+        """The node's certificate or trusted root changed: the cluster port takes it for the next handshake,
+        a manager's etcd certificate is renewed with it, and the node describes itself again."""
+        if self._server_tls is not None:
+            self._server_tls.reload()
+        if self.manager is not None:
+            self.manager.issue_etcd_cert()
+        if self.agent is not None:
+            await self.agent.session.describe_now()
 
     async def _stop_roles(self) -> None:
         """Stop the agent, the cluster port and the manager (its store too); containers keep running."""
@@ -264,47 +306,64 @@ class Node:
             avail = req.get("Availability") or "active"
             if avail not in ("active", "pause", "drain"):
                 raise BadRequest(f"invalid Availability: {avail!r}")
+            spec = merge_spec(default_cluster_spec(), init_overrides(req.get("Spec") or {}))
+            if req.get("AutoLockManagers"):  # InitRequest's own flag (docker swarm init --autolock sends both)
+                spec["EncryptionConfig"]["AutoLockManagers"] = True
+            ca.check_node_cert_expiry(spec)
+            root = root_for_init(spec.get("CAConfig") or {})
+            spec["CAConfig"] = {k: v for k, v in spec["CAConfig"].items() if k not in ("SigningCACert", "SigningCAKey")}
             self._addresses(req)
             self.state.node_id = new_id()
             self.state.role = "manager"
             self.state.etcd_cluster = ""
             shutil.rmtree(self.cfg.data_dir / "etcd", ignore_errors=True)
-            cert, key = make_root_ca()
-            cluster_id = new_id()
-            node_key = new_key()
-            self.tls.write(cert, sign_csr(make_csr(node_key), cert, key, self.node_id, "manager", cluster_id),
-                           key_pem(node_key))
-            self.tls.write_ca_key(key)
-            manager = self._new_manager()
-            await manager.start_store(new=True)
-            ts = now()
-            spec = merge_spec(default_cluster_spec(), init_overrides(req.get("Spec") or {}))
-            if req.get("AutoLockManagers"):  # InitRequest's own flag (docker swarm init --autolock sends both)
-                spec["EncryptionConfig"]["AutoLockManagers"] = True
-            cluster = {
-                "ID": cluster_id, "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec,
-                "TLSInfo": tls_info(cert), "RootRotationInProgress": False,
-                "DefaultAddrPool": req.get("DefaultAddrPool") or ["10.0.0.0/8"],
-                "SubnetSize": req.get("SubnetSize") or 24,
-                "DataPathPort": req.get("DataPathPort") or 4789,
-                "JoinTokens": {"Worker": join_token(cert), "Manager": join_token(cert)},
-            }
-            node = {
-                "ID": self.node_id, "CreatedAt": ts, "UpdatedAt": ts,
-                "Spec": {"Labels": {}, "Role": "manager", "Availability": avail},
-                "Description": await self.describe(),
-                "Status": {"State": "ready", "Addr": self.state.addr},
-                "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": self.state.cluster_addr},
-            }
-            autolock.update_cluster(cluster, key)
-            await manager.bootstrap(cluster, node)
-            self.manager = manager
-            self.state.managers = [self.state.cluster_addr]
-            self._save()
-            await self._start_roles()
-            self.status = "active"
-            self._follow_cluster()
-            return self.node_id
+            try:
+                return await self._new_swarm(req, spec, root, avail)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._stop_roles()
+                self._forget()  # no half-made swarm stays on disk
+                raise
+
+    async def _new_swarm(self, req: dict, spec: dict, root: ca.RootCA, avail: str) -> str:
+        """``swarm init`` once the request is checked: the cluster's keys and CA, this manager's identity
+        and store, the first objects."""
+        ts, data_key = now(), new_data_key()
+        sealer = Sealer(data_key)
+        cluster = {
+            "ID": new_id(), "CreatedAt": ts, "UpdatedAt": ts, "Spec": spec, "TLSInfo": {},
+            "RootRotationInProgress": False, "DefaultAddrPool": req.get("DefaultAddrPool") or ["10.0.0.0/8"],
+            "SubnetSize": req.get("SubnetSize") or 24, "DataPathPort": req.get("DataPathPort") or 4789,
+        }
+        ca.save(cluster, sealer, root)
+        ca.new_tokens(cluster, sealer, root.cert)
+        autolock.update_cluster(cluster, sealer)
+        unlock = autolock.unlock_key(cluster, sealer)
+        if unlock is not None:  # --autolock: no key ever touches the disk in the clear
+            self.keylock.enable(unlock)
+        node_key = new_key()
+        cert = issue_node_cert(root.signer(), make_csr(node_key), self.node_id, "manager", cluster["ID"],
+                               ca.node_cert_expiry(cluster))
+        self.tls.write(root.cert, cert, key_pem(node_key))
+        etcd_ca, etcd_ca_key = make_root_ca(ETCD_CA_CN)
+        self.tls.write_manager_keys(data_key, etcd_ca, etcd_ca_key)
+        self.keylock.reseal()
+        manager = self.manager = self._new_manager()
+        await manager.start_store(new=True)
+        node = {
+            "ID": self.node_id, "CreatedAt": ts, "UpdatedAt": ts,
+            "Spec": {"Labels": {}, "Role": "manager", "Availability": avail},
+            "Description": await self.describe(),
+            "Status": {"State": "ready", "Addr": self.state.addr},
+            "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": self.state.cluster_addr},
+        }
+        await manager.bootstrap(cluster, node)
+        self.state.managers = [self.state.cluster_addr]
+        self._save()
+        await self._start_roles()
+        self.status = "active"
+        self._follow_cluster()
+        return self.node_id
 
     async def _force_new_cluster(self) -> str:
         """``swarm init --force-new-cluster`` on a manager: restart its etcd member as a one-member cluster
@@ -341,7 +400,7 @@ class Node:
             self._addresses(req)
             remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:2377"
             ca_pem = await self.client.fetch_ca(remote)
-            if ca_digest(ca_pem) != parts[2]:
+            if ca.ca_digest(ca_pem) != parts[2]:
                 raise BadRequest(f"error while validating Root CA Certificate: remote CA does not match "
                                  f"fingerprint. Expected: {parts[2]}")
             key = new_key()
@@ -349,11 +408,14 @@ class Node:
                 token=token, csr=make_csr(key).decode(), addr=self.state.addr, peer_url=self.peer_url,
                 cluster_addr=self.state.cluster_addr, availability=req.get("Availability") or "active",
                 description=await self.describe()))
-            self.tls.write(ca_pem, answer.cert.encode(), key_pem(key))
             self.state.node_id, self.state.role = answer.node_id, answer.role
+            keys = from_wire(answer.keys, ManagerKeys) if answer.role == "manager" else None
+            if keys is not None and keys.unlock_key:  # autolock: the keys go to memory from the start
+                self.keylock.enable(autolock.parse(keys.unlock_key))
+            self.tls.write(ca_pem, answer.cert.encode(), key_pem(key))
             self.state.managers = answer.managers or [remote]
-            if self.role == "manager":
-                await self._join_store(answer.ca_key, answer.etcd_cluster)
+            if keys is not None:
+                await self._join_store(keys)
             self._save()
             await self._start_roles()
             self.status = "active"
@@ -391,7 +453,7 @@ class Node:
         manager = self.manager
         if manager is None or manager.objs is None or self.status != "active":
             return
-        self.keylock.follow(autolock.unlock_key(cluster_of(manager.objs), manager.ca_key_pem()))
+        self.keylock.follow(autolock.unlock_key(cluster_of(manager.objs), manager.sealer()))
 
     async def _autolock_loop(self) -> None:
         """Every manager follows the cluster object (another manager may have changed it)."""
@@ -440,15 +502,20 @@ class Node:
                     log.info("this node becomes a %s", role)
                     ca_pem = self.tls.ca.read_bytes()
                     await self._stop_roles()
-                    if role == "worker":
+                    keys = from_wire(answer.keys, ManagerKeys) if role == "manager" else None
+                    if keys is None:  # a worker keeps no manager key, and is never locked
+                        self.keylock.disable()
+                        self.tls.remove_manager_keys()
                         for sub in ("etcd", "etcd-tls"):
                             shutil.rmtree(self.cfg.data_dir / sub, ignore_errors=True)
-                        self.tls.remove_ca_key()
+                    elif keys.unlock_key and not self.keylock.enabled:
+                        self.keylock.enable(autolock.parse(keys.unlock_key))
                     self.tls.write(ca_pem, answer.cert.encode(), key_pem(key))
+                    self.keylock.reseal()
                     self.state.role = role
                     self.state.managers = answer.managers or self.state.managers
-                    if role == "manager":
-                        await self._join_store(answer.ca_key, answer.etcd_cluster)
+                    if keys is not None:
+                        await self._join_store(keys)
                     else:
                         self.state.etcd_cluster = ""
                     self._save()

@@ -187,18 +187,12 @@ class EtcdStore:
             raise ValueError("no etcd endpoints given")
         parsed = [_parse_endpoint(e) for e in raw]
         self._endpoints = [host for host, _ in parsed]
-        self._credentials: grpc.ChannelCredentials | None = None
+        self._tls_files: tuple[str | Path | None, ...] | None = None
         if ca_cert or cert or key or any(https for _, https in parsed):
             if bool(cert) != bool(key):
                 raise ValueError("a client certificate needs its key, and the other way round")
-            try:
-                self._credentials = grpc.ssl_channel_credentials(
-                    root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
-                    private_key=Path(key).read_bytes() if key else None,
-                    certificate_chain=Path(cert).read_bytes() if cert else None,
-                )
-            except OSError as e:
-                raise StoreError(f"cannot read TLS files: {e}") from e
+            self._tls_files = (ca_cert, key, cert)
+            self._credentials()  # unreadable files fail here
         self._options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
         if tls_server_name:
             self._options.append(("grpc.ssl_target_name_override", tls_server_name))
@@ -217,9 +211,21 @@ class EtcdStore:
 
     # ---- connection handling -----------------------------------------------------------------
 
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials read from the files now (each new channel reads them again: a renewed client
+        certificate is used from the next connection on)."""
+        if self._tls_files is None:
+            return None
+        try:
+            ca_cert, key, cert = (Path(f).read_bytes() if f else None for f in self._tls_files)
+        except OSError as e:
+            raise StoreError(f"cannot read TLS files: {e}") from e
+        return grpc.ssl_channel_credentials(root_certificates=ca_cert, private_key=key, certificate_chain=cert)
+
     def _open(self, endpoint: str) -> _Conn:
-        if self._credentials is not None:
-            channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
+        credentials = self._credentials()
+        if credentials is not None:
+            channel = grpc.aio.secure_channel(endpoint, credentials, options=self._options)
         else:
             channel = grpc.aio.insecure_channel(endpoint, options=self._options)
         return _Conn(endpoint, channel)

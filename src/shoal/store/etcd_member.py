@@ -57,6 +57,7 @@ class EtcdMember:
     ``"new"`` or ``"existing"``. ``client_tls``/``peer_tls`` switch on TLS with certificate auth.
     ``force_new_cluster`` (recovery after losing quorum for good) makes the first launch rewrite the
     membership to this member alone, keeping the data; automatic restarts never pass it again.
+    ``peer_allowed_cn`` makes etcd accept only peers whose certificate has that common name.
     ``extra_args`` are appended to the etcd command line.
     """
 
@@ -76,6 +77,7 @@ class EtcdMember:
         extra_args: Sequence[str] = (),
         restart_delay: float = 0.2,
         force_new_cluster: bool = False,
+        peer_allowed_cn: str = "",
     ) -> None:
         if initial_cluster_state not in ("new", "existing"):
             raise ValueError(f"initial_cluster_state must be 'new' or 'existing': {initial_cluster_state!r}")
@@ -92,6 +94,7 @@ class EtcdMember:
         self.extra_args = list(extra_args)
         self.restart_delay = restart_delay
         self.force_new_cluster = force_new_cluster
+        self.peer_allowed_cn = peer_allowed_cn
         self._force_pending = force_new_cluster  # consumed by the first launch
         self.restarts = 0
         self.removed = False  # set when etcd exited because it was removed from the cluster
@@ -184,6 +187,8 @@ class EtcdMember:
                 f"--peer-trusted-ca-file={tls.ca}",
                 "--peer-client-cert-auth",
             ]
+            if self.peer_allowed_cn:
+                args.append(f"--peer-cert-allowed-cn={self.peer_allowed_cn}")
         if force_new_cluster:
             args.append("--force-new-cluster")
         return args + self.extra_args
