@@ -82,6 +82,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     writes = objs.node_writes
 
     await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
+    await dispatcher.flush()  # written apart from the session's messages
     node = objs.get("nodes", nid)
     assert node["Description"]["Engine"]["Labels"] == {"disk": "ssd"}
     assert node["Version"]["Index"] > before["Version"]["Index"] and node["UpdatedAt"] >= before["UpdatedAt"]
@@ -90,6 +91,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
 
     # the same description again (or one the agent sent twice): no store write at all
     await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
+    await dispatcher.flush()
     assert objs.node_writes == writes + 1 and objs.get("nodes", nid) == node
     assert not await dispatcher.update_description(nid, describe_as({"disk": "ssd"}))
     assert objs.node_writes == writes + 1
@@ -99,6 +101,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     assert not any(m["type"] == "describe-again" for m in sent)
     # a malformed message changes nothing
     await dispatcher.receive(s, Description("nope"))  # type: ignore[arg-type]
+    await dispatcher.flush()
     assert objs.get("nodes", nid)["Description"]["Hostname"] == "worker1b"
 
 

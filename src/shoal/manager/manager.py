@@ -50,7 +50,7 @@ from shoal.model.ids import now
 from shoal.model.logs import LogLine, LogQuery
 from shoal.model.network import ingress_spec, new_network
 from shoal.model.views import NodeView
-from shoal.store.base import StoreError
+from shoal.store.base import Compare, StoreError
 from shoal.store.election import LEADER_KEY, Election
 from shoal.store.etcd import EtcdStore
 from shoal.store.etcd_member import EtcdMember
@@ -203,13 +203,16 @@ class Manager:
                 continue
             election = Election(self.objs.store, ttl=2, value=value)
             try:
-                await election.campaign()
+                token = await election.campaign()
             except StoreError as e:
                 log.info("campaign failed (%s); trying again", e)
                 await asyncio.sleep(0.5)
                 continue
             log.info("this node is the leader")
             self.leader_addr = self.cfg.cluster_addr
+            # fencing: every write this manager makes while it leads also compares the leader key it won,
+            # so a write still in flight when another manager has taken over fails instead of landing
+            self.objs.fence = Compare(LEADER_KEY, token)
             try:
                 await self.become_leader()
                 self.is_leader = True  # only now: writes need the leader's allocator (until then they wait)
@@ -224,6 +227,8 @@ class Manager:
             finally:
                 self.is_leader = False
                 await self.become_follower()
+                if self.objs is not None:
+                    self.objs.fence = None
                 with contextlib.suppress(Exception):
                     await election.resign()
 

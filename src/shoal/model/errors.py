@@ -64,6 +64,13 @@ class Unavailable(APIError):
     status = 503
 
 
+class Deposed(Unavailable):
+    """A write of a manager that no longer leads: the leader key it was fenced with has changed."""
+
+    def __init__(self) -> None:
+        super().__init__("rpc error: code = Unavailable desc = this manager is no longer the leader")
+
+
 NOT_A_MANAGER = (
     'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this '
     "node to swarm and try again."
