@@ -162,11 +162,12 @@ class Manager:
         await self.stop_store()
 
     # -- leadership --------------------------------------------------------------------------------
-    def leader_components(self) -> list[Controller | Dispatcher]:
+    def leader_components(self) -> list[Controller | Dispatcher | membership.Learners]:
         """Everything that runs only on the leader, in the order it starts."""
         assert self.dispatcher is not None and self.allocator is not None
         return [self.dispatcher, *store_controllers(self.objs, self.allocator),
-                RoleManager(self.objs, self.node_id, self.remove_etcd_member)]
+                RoleManager(self.objs, self.node_id, self.remove_etcd_member),
+                membership.Learners(self.store, self.objs)]
 
     async def become_leader(self) -> None:
         """Start the leader components on a freshly read cache; mark this manager the leader."""
