@@ -150,8 +150,10 @@ class Manager:
     # -- running -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Campaign, follow the leader, record events, look after the store (the store is up)."""
+        etcd_log = self.etcd.log_path if self.etcd is not None else None
         for name, coro in (("leadership", self._leadership()), ("track-leader", self._track_leader()),
-                           ("swarm-events", self.events.run(self.objs)), ("housekeeping", housekeep(self.store))):
+                           ("swarm-events", self.events.run(self.objs)),
+                           ("housekeeping", housekeep(self.store, etcd_log))):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
