@@ -388,6 +388,15 @@ def create_holder(host: Host) -> None:
     host.holder = spawn(argv, log=host.holder_log, env=daemon_env(), cgroup=host.track_cgroup, ready_timeout=20)
 
 
+def mount_data_disk(host: Host, mib: int) -> None:
+    """Make the host's shoald data dir a small file system of its own (tmpfs of mib MiB), so that it can
+    be filled; `down` unmounts it with the rest of the lab's root."""
+    data = host.dir / "shoal"
+    data.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=700", "tmpfs", str(data)],
+        what=f"host {host.name}: mounting its data disk")
+
+
 def reset_run(host: Host) -> None:
     """Give the host an empty /run again (after a power loss nothing in /run survives)."""
     script = ("awk '$2 ~ \"^/run/\" {print $2}' /proc/self/mounts | sort -r | "
