@@ -86,13 +86,13 @@ def inject(lab: Lab, kind: str, leader: str, rng: random.Random, docker: bool = 
     if kind == "packet-loss":
         name = rng.choice(anyone)
         drop = f"numgen random mod 100 < {LOSS_PERCENT} drop"
-        _nft(lab.host(name), f'chain pre {{ type filter hook prerouting priority -300; iifname "eth0" {drop}; }} '
-                             f'chain post {{ type filter hook postrouting priority 300; oifname "eth0" {drop}; }}')
+        _nft(lab.host(name), f'chain pre {{ type filter hook prerouting priority -300; iifname "eth0" {drop}; }}',
+             f'chain post {{ type filter hook postrouting priority 300; oifname "eth0" {drop}; }}')
         return Fault(kind, name, lambda: _nft_flush(lab.host(name)))
     if kind == "slow-link":
         name = rng.choice(anyone)
         h = lab.host(name)
-        tbf = ["root", "tbf", "rate", SLOW_RATE, "burst", "16kbit", "latency", "200ms"]
+        tbf = ["root", "tbf", "rate", SLOW_RATE, "burst", "32kbit", "latency", "200ms"]
         run(["tc", "-n", h.netns, "qdisc", "replace", "dev", "eth0", *tbf], what=f"{name}: slow link")
         run(["tc", "-n", lan.LAN_NS, "qdisc", "replace", "dev", lan.port(h), *tbf], what=f"{name}: slow link")
         return Fault(kind, name, lambda: _untbf(h))
@@ -113,10 +113,11 @@ def _kill_daemon(lab: Lab, kind: str, name: str, daemon: str) -> Fault:
     return Fault(kind, name, lambda: lab.start(name))
 
 
-def _nft(h: Host, chains: str) -> None:
+def _nft(h: Host, *chains: str) -> None:
     """Load a table of drops into the host's network namespace."""
     argv = h.enter("nft", "-f", "-")
-    cp = subprocess.run(argv, input=f"table inet {TABLE} {{ {chains} }}\n", capture_output=True, text=True,
+    body = "\n".join(chains)
+    cp = subprocess.run(argv, input=f"table inet {TABLE} {{\n{body}\n}}\n", capture_output=True, text=True,
                         timeout=30)
     if cp.returncode != 0:
         raise LabError(f"host {h.name}: nft -f - exited {cp.returncode}: {cp.stderr.strip()}")

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
 TASK_NAME_LABEL = "com.docker.swarm.task.name"
+LOCAL_NETWORKS = ("bridge", "docker_gwbridge", "host", "none")
 
 
 def node_problems(nodes: Sequence[dict], hosts: Sequence[str]) -> list[str]:
@@ -127,8 +128,10 @@ def address_problems(tasks: Sequence[dict], containers: Mapping[str, Sequence[di
         for c in cs:
             if SERVICE_LABEL not in (c.get("Labels") or {}):
                 continue
-            for net in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            for net_name, net in ((c.get("NetworkSettings") or {}).get("Networks") or {}).items():
                 ip = (net or {}).get("IPAddress")
+                if net_name in LOCAL_NETWORKS:
+                    continue  # each engine's own bridges: the same address on two hosts is no clash
                 if ip:
                     seen[ip].append(f"{host}/{c.get('Id', '?')[:12]}")
     for ip, who in sorted(seen.items()):

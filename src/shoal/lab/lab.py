@@ -46,10 +46,12 @@ from shoal.lab.hosts import (
     remove_cgroup_tree,
     reset_run,
     run,
+    spawn_dockerd,
     start_dockerd,
     start_shoald,
     stop_daemons,
     tail,
+    wait_dockerd,
 )
 
 STATE_FILE = LAB_ROOT / "lab.json"
@@ -394,11 +396,17 @@ class Lab:
             reset_run(h)
             if not h.partitioned:  # the cable goes back in before the machine boots
                 lan.set_link(h, True)
-        if not h.alive(h.dockerd):
-            start_dockerd(h)
+        # dockerd restoring its containers waits for the network plugin that shoald serves (retrying for
+        # ~15 s a network): start shoald while dockerd comes up, as a machine's boot would
+        need_dockerd = not h.alive(h.dockerd)
+        if need_dockerd:
+            spawn_dockerd(h)
             self.save(h)
         if not h.alive(h.shoald):
             start_shoald(h, shoald_flags(h))
+        if need_dockerd:
+            wait_dockerd(h)
+            self.save(h)
         h.state = "running"
         self.save(h)
 
