@@ -281,19 +281,17 @@ class Chaos:
 
 def run_chaos(rounds: int, seed: int, out_dir: Path, docker: bool = False, kinds: Sequence[str] | None = None,
               out: Out = print, hold: float = faults.HOLD) -> dict:
-    """Build a lab of 3 managers and 3 workers, run the rounds, and remove the lab, unless a violation
-    stopped the run: then the lab stays for inspection and Violation is raised."""
+    """Build a lab of 3 managers and 3 workers, run the rounds, and remove the lab, unless a violation (or
+    an error) stopped the run: then the lab stays for inspection and the exception is raised."""
     lab = Lab.up(workers=3, managers=3, swarm=not docker, out=out, data_disk_mib=0 if docker else DATA_DISK_MIB)
     if docker:
         lab.form_docker_swarm()
     chaos = Chaos(lab, seed, out_dir, docker=docker, kinds=kinds, out=out, hold=hold)
     try:
         summary = chaos.run(rounds)
-    except Violation:
-        out(f"chaos: stopped on a violation; the lab is kept (`shoal lab down` removes it), histories in {out_dir}")
-        raise
-    except BaseException:
-        lab.down()
+    except Exception as exc:
+        what = "a violation" if isinstance(exc, Violation) else "an error"
+        out(f"chaos: stopped on {what}; the lab is kept (`shoal lab down` removes it), histories in {out_dir}")
         raise
     lab.down()
     return summary

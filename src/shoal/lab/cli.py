@@ -149,7 +149,7 @@ def _chaos(args: argparse.Namespace) -> int:
     try:
         summary = run_chaos(args.rounds, args.seed, out, docker=args.docker, kinds=kinds, hold=args.hold)
     except Violation as exc:
-        print(f"shoal lab chaos: VIOLATION\n{exc}", file=sys.stderr)
+        print(f"shoal lab chaos: VIOLATION\n{exc}\nresults and histories in {out}", file=sys.stderr)
         return 3
     print(json.dumps(summary, indent=2))
     print(f"results in {out}")
