@@ -128,3 +128,15 @@ def test_no_address_twice() -> None:
     found = address_problems(tasks, cs)
     assert len(found) == 2 and "10.0.1.2" in found[0] and "10.0.1.5" in found[1]
     assert address_problems([task("web", 1, ip="10.0.1.2")], {"h1": [container("web", 1, "10.0.1.2")]}) == []
+
+
+def test_a_read_may_only_see_what_was_written() -> None:
+    ops = [op("create", "ok", A, 0), op("read", "ok", A, 1), op("update", "refused", B, 2),
+           op("read", "ok", B, 3), op("update", "ok", C, 4)]
+    found = check_history(ops, {"s": C})  # the end state is right, but a refused write was seen
+    assert len(found) == 1 and "a read via manager1 at 3.0s saw replicas=2 token=b" in found[0]
+    ops[2] = op("update", "unknown", B, 2)
+    assert check_history(ops, {"s": C}) == []
+    # a stale read (an older acknowledged state) is no violation
+    stale = [op("create", "ok", A, 0), op("update", "ok", B, 1), op("read", "ok", A, 2)]
+    assert check_history(stale, {"s": B}) == []

@@ -226,7 +226,8 @@ class Chaos:
         time.sleep(POST_HEAL)
         ops = client.stop()
         save_history(self.dir / f"history-{i}.jsonl", ops)
-        rnd = Round(i, kind, fault.host, None, dict(Counter(o.outcome for o in ops)))
+        writes = Counter(o.outcome for o in ops if o.kind != "read")
+        rnd = Round(i, kind, fault.host, None, {**writes, "reads": sum(1 for o in ops if o.kind == "read")})
         try:
             rnd.converge_s = round(self.converge(since=healed), 1)
             observed = self.observed({o.service for o in ops})

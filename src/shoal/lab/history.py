@@ -9,7 +9,10 @@ Every operation the client sends is recorded with its outcome:
 Each service is driven by one client thread at a time, so its operations are totally ordered; an update
 carries the version it read, so an update that was sent earlier cannot be applied after a later one.
 After the round, the state each service may be in is the state of its last acknowledged operation, or
-that of any unknown operation sent after it; the store must hold one of those.
+that of any unknown operation sent after it; the store must hold one of those. The client also records
+what it reads before each change (``read``): a read, even a stale one, may only show a state that an
+acknowledged or unknown operation wrote, so a refused update whose token shows up is caught even when a
+later update overwrote it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 OUTCOMES = ("ok", "refused", "unknown")
-KINDS = ("create", "scale", "update", "remove")
+KINDS = ("create", "scale", "update", "remove", "read")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ ABSENT = None  # the service does not exist
 class Op:
     """One operation of the chaos client and what came of it."""
 
-    kind: str  # create | scale | update | remove
+    kind: str  # create | scale | update | remove | read (what the client saw before a change)
     service: str  # the service's name (each create uses a fresh one)
     state: State | None  # the service's state if the op applies (None for remove)
     via: str  # the host whose API it was sent to
@@ -72,6 +75,8 @@ def possible_states(ops: Iterable[Op]) -> set[State | None]:
     """The states one service may be in after its operations (in the order they were sent)."""
     possible: set[State | None] = {ABSENT}
     for op in ops:
+        if op.kind == "read":
+            continue
         after = ABSENT if op.kind == "remove" else op.state
         if op.outcome == "ok":
             possible = {after}
@@ -93,11 +98,20 @@ def check_history(ops: Iterable[Op], observed: Mapping[str, State]) -> list[str]
         seen = observed.get(name, ABSENT)
         if seen not in possible:
             problems.append(f"service {name}: the store has {_show(seen)}, but its history allows only "
-                            f"{' or '.join(sorted(_show(p) for p in possible))}; history: "
-                            + "; ".join(f"{o.kind} {_show(o.state) if o.kind != 'remove' else ''} via {o.via} "
-                                        f"→ {o.outcome} {o.status} {o.detail[:120]}".replace("  ", " ")
-                                        for o in sops))
+                            f"{' or '.join(sorted(_show(p) for p in possible))}; history: {_story(sops)}")
+        written: set[State | None] = set()
+        for op in sops:
+            if op.kind == "read" and op.state not in written:
+                problems.append(f"service {name}: a read via {op.via} at {op.start:.1f}s saw {_show(op.state)}, "
+                                f"which no acknowledged or unknown write made; history: {_story(sops)}")
+            elif op.kind != "read" and op.outcome != "refused":
+                written.add(op.state)
     return problems
+
+
+def _story(ops: Iterable[Op]) -> str:
+    return "; ".join(f"{o.start:.1f}s {o.kind} {_show(o.state) if o.kind != 'remove' else ''} via {o.via} "
+                     f"→ {o.outcome} {o.status} {o.detail[:120]}".replace("  ", " ") for o in ops)
 
 
 def _show(state: State | None) -> str:

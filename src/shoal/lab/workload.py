@@ -102,12 +102,14 @@ class Client:
     def _change(self, rng: random.Random, name: str, kind: str, owned: dict[str, State]) -> None:
         """Read the service (its version), then scale or update it from what was read."""
         via, sock = rng.choice(sorted(self.targets().items()))
+        start = time.monotonic() - self._t0
         try:
             status, svc = call(sock, "GET", f"/services/{name}", timeout=self.timeout)
         except NoAnswer:
             return
         if status != 200 or not isinstance(svc, dict) or (cur := state_of(svc["Spec"])) is None:
             return  # not there (yet) on this manager, or it does not answer: nothing was sent
+        self._record(Op("read", name, cur, via, start, time.monotonic() - self._t0, "ok", status))
         spec = svc["Spec"]
         if kind == "scale":
             st = State(rng.choice([r for r in range(1, MAX_REPLICAS + 1) if r != cur.replicas] or [1]), cur.token)
@@ -134,7 +136,9 @@ class Client:
         else:
             sent = True
         outcome = outcome_of(status) if sent else "refused"  # not even connected: it changed nothing
-        op = Op(kind, name, st, host, start, time.monotonic() - self._t0, outcome, status, detail)
+        return self._record(Op(kind, name, st, host, start, time.monotonic() - self._t0, outcome, status, detail))
+
+    def _record(self, op: Op) -> Op:
         with self._lock:
             self.ops.append(op)
         return op
