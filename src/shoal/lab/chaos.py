@@ -58,6 +58,7 @@ class Round:
     converge_s: float | None
     ops: dict[str, int]
     violations: list[str] = field(default_factory=list)
+    took_s: float = 0.0  # the whole round, fault to checks
 
 
 class Violation(LabError):
@@ -215,6 +216,7 @@ class Chaos:
 
     def run_round(self, i: int) -> Round:
         kind = self.kind_for(i)
+        t0 = time.monotonic()
         client = Client(self.manager_socks, random.Random(self.rng.random()), prefix=f"r{i}", dnsrr=self.docker)
         client.start()
         time.sleep(PRE_FAULT)
@@ -234,6 +236,7 @@ class Chaos:
             rnd.violations = check_history(ops, observed)
         except Violation as exc:
             rnd.violations = [str(exc)]
+        rnd.took_s = round(time.monotonic() - t0, 1)
         self._record(rnd)
         if rnd.violations:
             raise Violation(f"round {i} ({kind} on {fault.host}):\n" + "\n".join(rnd.violations))
@@ -245,7 +248,8 @@ class Chaos:
         with open(self.dir / "rounds.jsonl", "a") as f:
             f.write(json.dumps(asdict(rnd)) + "\n")
         conv = "-" if rnd.converge_s is None else f"{rnd.converge_s:.1f}s"
-        self.out(f"round {rnd.round}: {rnd.kind} on {rnd.host}: converged in {conv}, ops {rnd.ops}"
+        self.out(f"round {rnd.round}: {rnd.kind} on {rnd.host}: converged in {conv}, ops {rnd.ops}, "
+                 f"round took {rnd.took_s:.0f}s"
                  + (f", {len(rnd.violations)} VIOLATION(S)" if rnd.violations else ""))
 
     def _clean(self, ops: list[Op]) -> None:
