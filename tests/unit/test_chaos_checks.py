@@ -140,3 +140,23 @@ def test_a_read_may_only_see_what_was_written() -> None:
     # a stale read (an older acknowledged state) is no violation
     stale = [op("create", "ok", A, 0), op("update", "ok", B, 1), op("read", "ok", A, 2)]
     assert check_history(stale, {"s": B}) == []
+
+
+def test_report_of_runs(tmp_path: Path) -> None:
+    import json
+    from dataclasses import asdict
+
+    from shoal.lab.chaos import Round, report
+
+    for target, rounds in (("shoal", [Round(0, "leader-kill", "m1", 4.0, {"ok": 10, "unknown": 1}),
+                                      Round(1, "leader-kill", "m2", 6.0, {"ok": 5, "refused": 2})]),
+                           ("docker", [Round(0, "leader-kill", "m1", 20.0, {"ok": 7})])):
+        d = tmp_path / target
+        d.mkdir()
+        (d / "rounds.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in rounds))
+        (d / "summary.json").write_text(json.dumps({"target": target, "seeds": [3]}))
+    table = report([tmp_path / "docker", tmp_path / "shoal"]).splitlines()
+    assert table[0] == "| | shoal | docker |"
+    assert "| operations acknowledged | 15 | 7 |" in table
+    assert "| refused / unknown outcome | 2 / 1 | 0 / 0 |" in table
+    assert "| leader-kill: rounds, converged median / max | 2, 5.0 / 6.0 s | 1, 20.0 / 20.0 s |" in table

@@ -269,19 +269,57 @@ class Chaos:
         return summary
 
     def summary(self) -> dict:
-        by_kind: dict[str, list[float]] = {}
-        for r in self.rounds:
-            by_kind.setdefault(r.kind, [])
-            if r.converge_s is not None:
-                by_kind[r.kind].append(r.converge_s)
-        ops: Counter = Counter()
-        for r in self.rounds:
-            ops.update(r.ops)
-        return {"target": "docker" if self.docker else "shoal", "seed": self.seed, "rounds": len(self.rounds),
-                "violations": sum(len(r.violations) for r in self.rounds), "ops": dict(ops),
-                "faults": {k: len(v) for k, v in sorted(by_kind.items())},
-                "converge_s": {k: {"median": round(statistics.median(v), 1), "max": max(v)}
-                               for k, v in sorted(by_kind.items()) if v}}
+        return summarize(self.rounds, "docker" if self.docker else "shoal", [self.seed])
+
+
+def summarize(rounds: Sequence[Round], target: str, seeds: Sequence[int]) -> dict:
+    """Rounds run, faults by kind, operations by outcome, violations, convergence per kind (median/max)."""
+    by_kind: dict[str, list[float]] = {}
+    ops: Counter = Counter()
+    for r in rounds:
+        by_kind.setdefault(r.kind, [])
+        if r.converge_s is not None:
+            by_kind[r.kind].append(r.converge_s)
+        ops.update(r.ops)
+    return {"target": target, "seeds": list(seeds), "rounds": len(rounds),
+            "violations": sum(len(r.violations) for r in rounds), "ops": dict(ops),
+            "faults": {k: len(v) for k, v in sorted(by_kind.items())},
+            "converge_s": {k: {"median": round(statistics.median(v), 1), "max": max(v)}
+                           for k, v in sorted(by_kind.items()) if v}}
+
+
+def load_rounds(out_dir: Path) -> list[Round]:
+    """The rounds a run recorded in ``<out_dir>/rounds.jsonl``."""
+    return [Round(**json.loads(line)) for line in (out_dir / "rounds.jsonl").read_text().splitlines() if line]
+
+
+def report(dirs: Sequence[Path]) -> str:
+    """A markdown table of the runs in dirs (each a run's --out), shoal's and Docker's side by side."""
+    runs: dict[str, list[Round]] = {}
+    seeds: dict[str, list[int]] = {}
+    for d in dirs:
+        summary = json.loads((d / "summary.json").read_text())
+        target = summary["target"]
+        runs.setdefault(target, []).extend(load_rounds(d))
+        seeds.setdefault(target, []).extend(summary.get("seeds") or [summary.get("seed")])
+    sums = {t: summarize(rs, t, seeds[t]) for t, rs in runs.items()}
+    targets = sorted(sums, key=lambda t: t != "shoal")
+    lines = ["| | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+
+    def row(name: str, cell: Callable[[dict], str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cell(sums[t]) for t in targets) + " |")
+
+    row("rounds (seeds)", lambda s: f"{s['rounds']} ({', '.join(map(str, s['seeds']))})")
+    row("operations acknowledged", lambda s: str(s["ops"].get("ok", 0)))
+    row("refused / unknown outcome", lambda s: f"{s['ops'].get('refused', 0)} / {s['ops'].get('unknown', 0)}")
+    row("reads checked", lambda s: str(s["ops"].get("reads", 0)))
+    row("violations (lost, refused but applied, not converged)", lambda s: str(s["violations"]))
+    kinds = sorted({k for s in sums.values() for k in s["faults"]})
+    for k in kinds:
+        row(f"{k}: rounds, converged median / max", lambda s, k=k: (
+            f"{s['faults'][k]}, {s['converge_s'][k]['median']:.1f} / {s['converge_s'][k]['max']:.1f} s"
+            if k in s["converge_s"] else "–"))
+    return "\n".join(lines)
 
 
 def run_chaos(rounds: int, seed: int, out_dir: Path, docker: bool = False, kinds: Sequence[str] | None = None,

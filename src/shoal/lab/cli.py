@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from shoal.lab import faults
-from shoal.lab.chaos import Violation, run_chaos
+from shoal.lab.chaos import Violation, report, run_chaos
 from shoal.lab.hosts import LabError, daemon_env
 from shoal.lab.lab import DEFAULT_IMAGES, Lab, down, lab_exists
 
@@ -55,6 +55,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     ch.add_argument("--hold", type=float, default=faults.HOLD, metavar="SECONDS",
                     help=f"how long each fault lasts (default {faults.HOLD:.0f}; a SIGSTOP always 10)")
     ch.add_argument("--out", default="", metavar="DIR", help="results and histories (default /var/tmp/shoal-chaos/...)")
+
+    rep = sub.add_parser("chaos-report", help="a markdown table of chaos runs (their --out directories)")
+    rep.add_argument("dirs", nargs="+", metavar="DIR")
 
     for name, text in (("stop", "stop a host's shoald and dockerd cleanly"),
                        ("start", "start a host's dockerd and shoald (again)"),
@@ -101,6 +104,9 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if down() else 0
     if cmd == "chaos":
         return _chaos(args)
+    if cmd == "chaos-report":
+        print(report([Path(d) for d in args.dirs]))
+        return 0
     lab = Lab.load()
     if cmd == "ls":
         print(_table(lab.rows()))
