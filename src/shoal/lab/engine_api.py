@@ -10,7 +10,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """``http.client.HTTPConnection`` to a unix socket instead of a TCP address."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
@@ -33,7 +35,7 @@ class NoAnswer(Exception):
 def call(sock: str | Path, method: str, path: str, body: object = None,
          timeout: float = 20) -> tuple[int, object]:
     """One request; returns (status, body parsed as JSON, or text). Raises NoAnswer when nothing answered."""
-    conn = _UnixConnection(str(sock), timeout)
+    conn = UnixConnection(str(sock), timeout)
     try:
         conn.connect()
     except OSError as exc:
