@@ -1,5 +1,5 @@
 # shoal developer entry points; see README.md.
-.PHONY: install images lint unit integration test demo down bench
+.PHONY: install images lint unit integration test demo down bench chaos
 
 VENV := .venv/bin
 
@@ -27,6 +27,13 @@ integration:
 # The whole suite; pytest exit 5 (no test collected) is not a failure.
 test: install images lint
 	$(VENV)/pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+
+# The chaos suite (docs/reliability.md): its own lab of 3 managers + 3 workers, ROUNDS faults;
+# DOCKER=1 runs it against Docker's own swarm mode. tests/cluster/test_chaos.py is its short CI version.
+ROUNDS ?= 11
+SEED ?= 1
+chaos: install images
+	$(VENV)/python -m shoal.cli lab chaos --rounds $(ROUNDS) --seed $(SEED) $(if $(DOCKER),--docker)
 
 demo: install images
 	scripts/demo.sh

@@ -9,7 +9,7 @@ from shoal.lab.lab import Lab, lab_exists
 
 
 def docker_swarm(lab: Lab) -> None:
-    """Docker's own swarm from the lab hosts' dockerds (``Lab.docker_swarm``)."""
+    """Docker's own swarm mode from the lab hosts' dockerds (``Lab.docker_swarm``)."""
     lab.docker_swarm()
 
 

@@ -3,22 +3,11 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 
+from shoal.lab.engine_api import UnixConnection
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client.HTTPConnection`` that connects to a unix socket instead of a TCP address."""
-
-    def __init__(self, path: str, timeout: float = 30) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
+UnixHTTPConnection = UnixConnection  # the lab's (the lab imports nothing of shoal, so it holds the one copy)
 
 
 def request(sock: str, method: str, path: str, body: object = None, raw: bytes | None = None,

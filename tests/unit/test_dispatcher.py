@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from fakeclock import FakeClock
 
-from shoal.cluster.messages import Heartbeat, Hello, Message
+from shoal.cluster.messages import Ack, Heartbeat, Hello, Message, StatusReport
 from shoal.manager.dispatcher import AgentSession, Dispatcher, heartbeat_interval
 from shoal.model.cluster import default_cluster_spec
 from shoal.model.ids import new_id, now
@@ -42,6 +43,8 @@ class SimAgent:
     """One agent: a heartbeat every interval while ``beating``; messages cross a queue to a reader."""
 
     session: AgentSession
+    channel: RecordingChannel
+    inbox: asyncio.Queue[Message]
     beating: bool = True
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -58,14 +61,33 @@ def node(i: int) -> dict:
             "Description": {"Hostname": f"node-{i}"}, "Status": {"State": "unknown"}}
 
 
-class NullChannel:
-    """The transport of a simulated session: what the dispatcher sends goes nowhere."""
+class RecordingChannel:
+    """The transport of a simulated session: remembers what the dispatcher sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
 
     async def send(self, msg: Message) -> None:
-        pass
+        self.sent.append(msg)
 
     async def close(self) -> None:
         pass
+
+
+class StallStore:
+    """A MemoryStore whose transactions can be made to wait (etcd electing a leader, a full disk)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def txn(self, compares: Any, ops: Any) -> Any:
+        await self.flowing.wait()
+        return await self.inner.txn(compares, ops)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class Harness:
@@ -76,9 +98,10 @@ class Harness:
         self.agents: dict[str, SimAgent] = {}
 
     async def connect(self, node_id: str) -> SimAgent:
-        s = await self.dispatcher.open(node_id, "worker", NullChannel(), Hello(addr="10.0.0.1"), "10.0.0.1")
-        agent = SimAgent(s)
+        channel = RecordingChannel()
+        s = await self.dispatcher.open(node_id, "worker", channel, Hello(addr="10.0.0.1"), "10.0.0.1")
         inbox: asyncio.Queue[Message] = asyncio.Queue()
+        agent = SimAgent(s, channel, inbox)
 
         async def beat() -> None:
             while True:
@@ -105,7 +128,7 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    objs = RecordingObjects(MemoryStore())
+    objs = RecordingObjects(StallStore())  # type: ignore[arg-type]
     await objs.start()
     await objs.create("clusters", cluster(5 * SECOND))
     clock = FakeClock()
@@ -173,3 +196,27 @@ async def test_detection_time_follows_the_heartbeat_period(harness: Harness) -> 
     assert 1.9 < took[5] < 3.5
     assert 0.3 < took[1] < 0.9
     assert took[1] < took[5] / 2
+
+
+async def test_a_stalled_store_neither_silences_heartbeats_nor_loses_a_report(harness: Harness) -> None:
+    """Status reports are written apart from heartbeats: while the store does not answer (here 6 s,
+    twice the 3 s timeout), heartbeats are still read and answered, no live node goes Down, and the
+    report is written and acknowledged once the store is back."""
+    h = harness
+    nid = (await h.objs.create("nodes", node(1)))["ID"]
+    task = {"ID": new_id(), "ServiceID": "s", "NodeID": nid, "DesiredState": "running",
+            "Status": {"State": "assigned", "Timestamp": now()}}
+    await h.objs.create("tasks", task)
+    agent = await h.connect(nid)
+    await h.clock.advance(1.0)
+    store = h.objs.store
+    store.flowing.clear()  # type: ignore[attr-defined]
+    agent.inbox.put_nowait(StatusReport(id=task["ID"], status={"State": "running", "Timestamp": now()}, seq=7))
+    await h.clock.advance(6.0)
+    assert h.ever_down() == []
+    assert sum(isinstance(m, Heartbeat) for m in agent.channel.sent) >= 5  # answered all along
+    assert not any(isinstance(m, Ack) for m in agent.channel.sent)  # not written yet: not acknowledged
+    store.flowing.set()  # type: ignore[attr-defined]
+    await h.clock.until(lambda: any(isinstance(m, Ack) and m.seq == 7 for m in agent.channel.sent), 1.0)
+    assert h.objs.get("tasks", task["ID"])["Status"]["State"] == "running"
+    assert h.ever_down() == []

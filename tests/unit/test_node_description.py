@@ -83,6 +83,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     writes = objs.node_writes
 
     await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
+    await dispatcher.flush()  # written apart from the session's messages
     node = objs.get("nodes", nid)
     assert node["Description"]["Engine"]["Labels"] == {"disk": "ssd"}
     assert node["Version"]["Index"] > before["Version"]["Index"] and node["UpdatedAt"] >= before["UpdatedAt"]
@@ -91,6 +92,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
 
     # the same description again (or one the agent sent twice): no store write at all
     await dispatcher.receive(s, Description(describe_as({"disk": "ssd"})))
+    await dispatcher.flush()
     assert objs.node_writes == writes + 1 and objs.get("nodes", nid) == node
     assert not await dispatcher.update_description(nid, describe_as({"disk": "ssd"}))
     assert objs.node_writes == writes + 1
@@ -100,6 +102,7 @@ async def test_dispatcher_writes_a_changed_description_and_nothing_else(objs: Co
     assert not any(m["type"] == "describe-again" for m in sent)
     # a malformed message changes nothing
     await dispatcher.receive(s, Description("nope"))  # type: ignore[arg-type]
+    await dispatcher.flush()
     assert objs.get("nodes", nid)["Description"]["Hostname"] == "worker1b"
 
 
@@ -299,6 +302,7 @@ async def test_a_node_cannot_report_the_status_of_another_nodes_task(objs: Count
         other = await manager.dispatcher.open(b, "worker", s.channel, Hello(), "127.0.0.1")
         await manager.dispatcher.receive(other, StatusReport(id=theirs, status={"State": "running",
                                                                                 "Timestamp": now()}, seq=1))
+        await manager.dispatcher.flush()  # status reports are written in batches
         assert objs.get("tasks", theirs)["Status"]["State"] == "running"
     finally:
         await agent.close()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.executor.docker import ENGINE_ERRORS, DockerExecutor
 from shoal.agent.files import TaskFiles
 from shoal.agent.runner import TaskRunner
 from shoal.model import states
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from shoal.network.agent import NetworkAgent
 
 log = logging.getLogger(__name__)
+ENGINE_RETRY = 1.0  # seconds between tries while the engine does not answer
 
 
 class Session(Protocol):
@@ -69,17 +70,22 @@ class Worker:
         if synced is not None:  # never judge containers before the first full assignment list
             await synced.wait()
         try:
-            containers = await self.ex.containers(self.node_id)
-            await self._sync(containers)
+            self._resync.set()  # the first pass reads the containers
             while True:
+                full = self._resync.is_set()
+                self._resync.clear()
+                try:
+                    await self._sync(await self.ex.containers(self.node_id) if full else None)
+                except ENGINE_ERRORS as e:  # dockerd is down or restarting: read everything again once it answers
+                    log.warning("the engine does not answer (%s); trying again", e)
+                    self._resync.set()
+                    await asyncio.sleep(ENGINE_RETRY)
+                    continue
                 waiter = asyncio.ensure_future(self.session.changed(5.0))
                 resync = asyncio.ensure_future(self._resync.wait())
                 await asyncio.wait({waiter, resync}, return_when=asyncio.FIRST_COMPLETED)
                 for f in (waiter, resync):
                     f.cancel()
-                full = self._resync.is_set()
-                self._resync.clear()
-                await self._sync(await self.ex.containers(self.node_id) if full else None)
         finally:
             for r in list(self.runners.values()):
                 await r.cancel()

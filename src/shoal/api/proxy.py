@@ -49,14 +49,25 @@ class EngineProxy:
             )
         return self._session
 
-    async def detect_version(self) -> None:
+    async def detect_version(self, timeout: float = 5) -> bool:
         """Learn the engine's API version (requests for a newer one are passed on capped at it)."""
         try:
-            ver = await self.get_json("/version")
+            ver = await asyncio.wait_for(self.get_json("/version"), timeout)
             major, minor = (int(x) for x in ver.get("ApiVersion", "1.41").split(".")[:2])
             self.engine_api = (major, minor)
-        except (aiohttp.ClientError, ValueError, OSError) as e:
-            log.warning("could not learn the engine's API version (%s); assuming %d.%d", e, *self.engine_api)
+            return True
+        except (aiohttp.ClientError, ValueError, OSError, TimeoutError) as e:
+            log.warning("could not learn the engine's API version (%s); assuming %d.%d until it answers",
+                        e or type(e).__name__, *self.engine_api)
+            return False
+
+    async def learn_version(self, retry: float = 1.0) -> None:
+        """:meth:`detect_version` until the engine answers. Never awaited before serving: an engine that is
+        restoring containers on shoal's networks waits for this daemon's network plugin first."""
+        while True:
+            if await self.detect_version():
+                return
+            await asyncio.sleep(retry)
 
     async def close(self) -> None:
         if self._session is not None:

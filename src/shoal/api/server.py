@@ -8,6 +8,8 @@ made on a follower is passed to the leader as it came.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -139,10 +141,15 @@ def make_app(control: Control) -> web.Application:
                 return error_response(f"shoal: internal error: {e}", 500)
         return await ctx.proxy.handle(request)
 
-    async def started(_app: web.Application) -> None:
-        await ctx.proxy.detect_version()
+    async def started(app: web.Application) -> None:
+        app["learn_version"] = asyncio.create_task(ctx.proxy.learn_version(), name="engine-version")
 
-    async def cleanup(_app: web.Application) -> None:
+    async def cleanup(app: web.Application) -> None:
+        task = app.get("learn_version")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await ctx.proxy.close()
 
     app = web.Application(client_max_size=64 * 1024 * 1024)

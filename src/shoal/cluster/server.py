@@ -44,7 +44,7 @@ from shoal.cluster.messages import (
     decode,
     encode,
 )
-from shoal.model.errors import APIError, StoreError
+from shoal.model.errors import NO_LONGER_LEADER, APIError, StoreError
 from shoal.model.logs import LogLine, LogQuery
 from shoal.tls.certs import peer_identity
 
@@ -295,7 +295,7 @@ class ClusterServer:
         if peer.role != "manager" or self.manager.role_of(peer.node_id) != "manager":
             return _error("only managers of this swarm may forward API calls", 403)
         if self.manager.leader() is not None:
-            return _error("rpc error: code = Unavailable desc = this manager is no longer the leader", 503)
+            return _error(NO_LONGER_LEADER, 503)
         inner = request.clone(rel_url=request.rel_url.path_qs[len("/api"):] or "/")
         resp = await self.manager.api(inner)
         if not resp.prepared:  # the store revision after this write: the follower waits for it

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
+from shoal.lab import faults
+from shoal.lab.chaos import Violation, report, run_chaos
 from shoal.lab.hosts import LabError, daemon_env
 from shoal.lab.lab import DEFAULT_IMAGES, Lab, down, lab_exists
 
@@ -39,6 +43,21 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
     load = sub.add_parser("load", help="load images (names on this machine's engine, or tar files) into every host")
     load.add_argument("images", nargs="+", metavar="IMAGE")
+
+    ch = sub.add_parser("chaos", help="rounds of faults against a lab of 3 managers + 3 workers, checked after each",
+                        description="Builds its own lab (none may exist), runs the rounds, removes the lab; a "
+                                    "violation stops the run and keeps the lab and the histories.")
+    ch.add_argument("--rounds", type=int, default=11, metavar="N", help="rounds, one fault each (default 11)")
+    ch.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the faults and the client (default 1)")
+    ch.add_argument("--faults", default="", metavar="KIND,...",
+                    help=f"only these kinds (default: all; {', '.join(faults.KINDS)})")
+    ch.add_argument("--docker", action="store_true", help="against Docker's own swarm mode (the hosts' dockerds)")
+    ch.add_argument("--hold", type=float, default=faults.HOLD, metavar="SECONDS",
+                    help=f"how long each fault lasts (default {faults.HOLD:.0f}; a SIGSTOP always 10)")
+    ch.add_argument("--out", default="", metavar="DIR", help="results and histories (default /var/tmp/shoal-chaos/...)")
+
+    rep = sub.add_parser("chaos-report", help="a markdown table of chaos runs (their --out directories)")
+    rep.add_argument("dirs", nargs="+", metavar="DIR")
 
     for name, text in (("stop", "stop a host's shoald and dockerd cleanly"),
                        ("start", "start a host's dockerd and shoald (again)"),
@@ -83,6 +102,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if cmd == "down":
         return 1 if down() else 0
+    if cmd == "chaos":
+        return _chaos(args)
+    if cmd == "chaos-report":
+        print(report([Path(d) for d in args.dirs]))
+        return 0
     lab = Lab.load()
     if cmd == "ls":
         print(_table(lab.rows()))
@@ -114,4 +138,25 @@ def _run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         getattr(lab, cmd)(name)
         print(f"{name}: {cmd} done in {time.monotonic() - t0:.1f}s ({lab.host(name).status})")
+    return 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    if lab_exists():
+        print("shoal lab chaos: a lab already exists; `shoal lab down` removes it", file=sys.stderr)
+        return 1
+    kinds = [k for k in args.faults.split(",") if k] or None
+    unknown = sorted(set(kinds or ()) - set(faults.KINDS))
+    if unknown:
+        print(f"shoal lab chaos: unknown fault kind(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    target = "docker" if args.docker else "shoal"
+    out = Path(args.out or f"/var/tmp/shoal-chaos/{time.strftime('%Y%m%d-%H%M%S')}-{target}-seed{args.seed}")
+    try:
+        summary = run_chaos(args.rounds, args.seed, out, docker=args.docker, kinds=kinds, hold=args.hold)
+    except Violation as exc:
+        print(f"shoal lab chaos: VIOLATION\n{exc}\nresults and histories in {out}", file=sys.stderr)
+        return 3
+    print(json.dumps(summary, indent=2))
+    print(f"results in {out}")
     return 0

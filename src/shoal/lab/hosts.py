@@ -388,6 +388,15 @@ def create_holder(host: Host) -> None:
     host.holder = spawn(argv, log=host.holder_log, env=daemon_env(), cgroup=host.track_cgroup, ready_timeout=20)
 
 
+def mount_data_disk(host: Host, mib: int) -> None:
+    """Make the host's shoald data dir a small file system of its own (tmpfs of mib MiB), so that it can
+    be filled; `down` unmounts it with the rest of the lab's root."""
+    data = host.dir / "shoal"
+    data.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=700", "tmpfs", str(data)],
+        what=f"host {host.name}: mounting its data disk")
+
+
 def reset_run(host: Host) -> None:
     """Give the host an empty /run again (after a power loss nothing in /run survives)."""
     script = ("awk '$2 ~ \"^/run/\" {print $2}' /proc/self/mounts | sort -r | "
@@ -398,12 +407,22 @@ def reset_run(host: Host) -> None:
 
 def start_dockerd(host: Host, timeout: float = 60) -> float:
     """Start the host's dockerd and wait until it answers; returns the seconds it took."""
+    spawn_dockerd(host)
+    return wait_dockerd(host, timeout)
+
+
+def spawn_dockerd(host: Host) -> None:
+    """Start the host's dockerd without waiting for it (see :func:`wait_dockerd`)."""
     host.docker_sock.unlink(missing_ok=True)
     argv = host.enter("dockerd", "--data-root", str(host.dir / "docker"), "--exec-root", "/run/docker-exec",
                       "--pidfile", "/run/docker.pid", "-H", host.engine_host, "--cgroup-parent",
                       f"shoal-lab-{host.name}", "--config-file", str(host.dir / "daemon.json"),
                       "--log-level", "warn")
     host.dockerd = spawn(argv, log=host.dockerd_log, env=daemon_env(), cgroup=host.track_cgroup)
+
+
+def wait_dockerd(host: Host, timeout: float = 60) -> float:
+    """Wait until the host's dockerd answers; returns the seconds it took."""
     took = wait_socket(host.docker_sock, host.dockerd, f"host {host.name}: dockerd", host.dockerd_log, timeout)
     host.cgroups = sorted(set(host.cgroups) | set(_cgroup_parents(host)))
     return took

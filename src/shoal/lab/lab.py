@@ -42,13 +42,16 @@ from shoal.lab.hosts import (
     daemon_env,
     find_cgroups,
     kill_all,
+    mount_data_disk,
     remove_cgroup_tree,
     reset_run,
     run,
+    spawn_dockerd,
     start_dockerd,
     start_shoald,
     stop_daemons,
     tail,
+    wait_dockerd,
 )
 
 STATE_FILE = LAB_ROOT / "lab.json"
@@ -195,8 +198,11 @@ class Lab:
     # -- up -------------------------------------------------------------------------------------------
     @classmethod
     def up(cls, workers: int = 2, managers: int = 1, swarm: bool = True, images: Sequence[str] = DEFAULT_IMAGES,
-           retain: bool = False, out: Out = _print) -> Lab:
-        """Build a lab. On failure, print what failed and remove what was built (unless retain)."""
+           retain: bool = False, out: Out = _print, data_disk_mib: int = 0) -> Lab:
+        """Build a lab. On failure, print what failed and remove what was built (unless retain).
+
+        With data_disk_mib, each manager's shoald data dir is a file system of its own of that size (the
+        chaos suite fills it)."""
         _check_prerequisites()
         if lab_exists():
             raise LabError(f"a lab already exists ({STATE_FILE} or leftover shoal-* namespaces/dirs); "
@@ -206,7 +212,7 @@ class Lab:
         lab = cls(hosts, swarm=False, out=out)
         try:
             lab.save()
-            lab._build(images)
+            lab._build(images, data_disk_mib)
             t_hosts = time.monotonic() - t0
             if swarm:
                 lab._form_swarm()
@@ -226,13 +232,14 @@ class Lab:
             + (f", swarm formed in {total - t_hosts:.1f}s)" if swarm else ")"))
         return lab
 
-    def _build(self, images: Sequence[str]) -> None:
+    def _build(self, images: Sequence[str], data_disk_mib: int = 0) -> None:
         lan.create_lan()
         pool = cf.ThreadPoolExecutor(max_workers=len(self.hosts) + 2)
         with pool:
             flags = pool.submit(shoald_flags_supported)
             tar = pool.submit(save_images, list(images), LAB_ROOT / "images" / "up.tar") if images else None
-            futs = {pool.submit(self._build_host, h, tar, flags): h for h in self.hosts}
+            futs = {pool.submit(self._build_host, h, tar, flags, data_disk_mib if h.role == "manager" else 0): h
+                    for h in self.hosts}
             errors: dict[str, None] = {}  # every host's failure (once each), not only the first
             for fut in cf.as_completed(futs):
                 try:
@@ -244,8 +251,11 @@ class Lab:
         if errors:
             raise LabError("\n".join(errors))
 
-    def _build_host(self, h: Host, tar: cf.Future[Path] | None, flags: cf.Future[frozenset[str]]) -> str:
+    def _build_host(self, h: Host, tar: cf.Future[Path] | None, flags: cf.Future[frozenset[str]],
+                    data_disk_mib: int = 0) -> str:
         t0 = time.monotonic()
+        if data_disk_mib:
+            mount_data_disk(h, data_disk_mib)  # before the holder copies the machine's mounts
         create_holder(h)
         lan.connect(h)
         self.save(h)
@@ -294,14 +304,14 @@ class Lab:
 
     def docker_swarm(self) -> None:
         """Docker's own swarm mode from the hosts' dockerds (a lab built with ``swarm=False``), to compare
-        with: ``swarm init`` on the first manager's dockerd, then every other host's joins."""
+        with: ``swarm init`` on the first manager's dockerd, then every other host's joins with the token of
+        its lab role."""
         first, *others = self.managers
         e = self.engine_docker
-        e(first.name, "swarm", "init", "--advertise-addr", first.ip)
-        tokens = {role: e(first.name, "swarm", "join-token", "-q", role).stdout.strip()
-                  for role in ("manager", "worker")}
+        e(first, "swarm", "init", "--advertise-addr", first.ip)
+        tokens = {r: e(first, "swarm", "join-token", "-q", r).stdout.strip() for r in ("manager", "worker")}
         for h in others + self.workers:
-            e(h.name, "swarm", "join", "--token", tokens[h.role], "--advertise-addr", h.ip, f"{first.ip}:2377")
+            e(h, "swarm", "join", "--token", tokens[h.role], "--advertise-addr", h.ip, f"{first.ip}:2377")
 
     # -- down -------------------------------------------------------------------------------------------
     def down(self) -> list[str]:
@@ -387,11 +397,17 @@ class Lab:
             reset_run(h)
             if not h.partitioned:  # the cable goes back in before the machine boots
                 lan.set_link(h, True)
-        if not h.alive(h.dockerd):
-            start_dockerd(h)
+        # dockerd restoring its containers waits for the network plugin that shoald serves (retrying for
+        # ~15 s a network): start shoald while dockerd comes up, as a machine's boot would
+        need_dockerd = not h.alive(h.dockerd)
+        if need_dockerd:
+            spawn_dockerd(h)
             self.save(h)
         if not h.alive(h.shoald):
             start_shoald(h, shoald_flags(h))
+        if need_dockerd:
+            wait_dockerd(h)
+            self.save(h)
         h.state = "running"
         self.save(h)
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
 
 from shoal.aio import MONOTONIC, Clock, cancel_all
 from shoal.cluster.messages import (
@@ -37,13 +41,13 @@ from shoal.manager import netmap
 from shoal.manager.netkeys import set_node_key
 from shoal.manager.secrets import Sealer, needed, payload, task_registry_auth
 from shoal.model import states
-from shoal.model.errors import OutOfSequence, StoreError
+from shoal.model.errors import Deposed, OutOfSequence, StoreError
 from shoal.model.ids import now
 from shoal.model.network import valid_wg_key
 from shoal.model.service import SEALED_AUTH
 from shoal.model.task import REGISTRY_AUTH
 from shoal.model.views import ClusterView, NodeView
-from shoal.store.objects import Objects
+from shoal.store.objects import Change, Objects
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +72,39 @@ class NotAssigned(Exception):
     """A node reported the status of a task that is not assigned to it."""
 
 
+def check_assigned(task: dict | None, node_id: str) -> None:
+    """swarmkit: PermissionDenied, "cannot update a task not assigned this node"."""
+    if task is not None and task.get("NodeID") != node_id:
+        raise NotAssigned(f"task {task['ID']} is not assigned to node {node_id}")
+
+
+def apply_status(task: dict, status: dict) -> bool:
+    """Merge an agent's report into ``task`` (observed states only move forward); False: nothing new."""
+    cur = task["Status"]["State"]
+    new = status["State"]
+    if states.before(new, cur):
+        return False
+    if new == cur and status.get("Err", "") == task["Status"].get("Err", "") and \
+            status.get("ContainerStatus") == task["Status"].get("ContainerStatus"):
+        return False
+    merged = {**task["Status"], **status}
+    if "Err" not in status:
+        merged.pop("Err", None)
+    task["Status"] = merged
+    task["UpdatedAt"] = now()
+    return True
+
+
 async def update_status(objs: Objects, task_id: str, status: dict, node_id: str | None = None) -> bool:
     """Apply an agent's report; False if the task is gone or the report is stale. With ``node_id`` (the
     reporting session's node), a task assigned to another node raises :class:`NotAssigned` unwritten."""
-
-    def apply(task: dict) -> bool:
-        if node_id is not None and task.get("NodeID") != node_id:
-            raise NotAssigned(f"task {task_id} is not assigned to node {node_id}")
-        cur = task["Status"]["State"]
-        new = status["State"]
-        if states.before(new, cur):
-            return False
-        if new == cur and status.get("Err", "") == task["Status"].get("Err", "") and \
-                status.get("ContainerStatus") == task["Status"].get("ContainerStatus"):
-            return False
-        merged = {**task["Status"], **status}
-        if "Err" not in status:
-            merged.pop("Err", None)
-        task["Status"] = merged
-        task["UpdatedAt"] = now()
-        return True
-
     applied = False
 
     def track(task: dict) -> bool:
         nonlocal applied
-        applied = apply(task)
+        if node_id is not None:
+            check_assigned(task, node_id)
+        applied = apply_status(task, status)
         return applied
 
     await objs.modify("tasks", task_id, track)
@@ -151,6 +162,17 @@ class AgentSession:
         await self.channel.send(msg)
 
 
+STATUS_WINDOW = 0.1  # s: status reports arriving within it are written together (swarmkit: 100 ms)
+
+
+@dataclass
+class _Report:
+    """The latest status of one task, and the reports (session, seq) waiting for its write."""
+
+    status: dict
+    acks: list[tuple[AgentSession, int]]
+
+
 class Dispatcher:
     """Keeps agent sessions: pushes each node its tasks, applies status reports, and marks nodes down
     when their heartbeats stop (after ``timeout``: 3 heartbeat intervals)."""
@@ -165,6 +187,14 @@ class Dispatcher:
         self._started = clock.now()
         self.stopped = False
         self.sealer = sealer  # opens secrets for the nodes that need them (None: no CA key here)
+        # what agents sent that needs a store write is written apart from their heartbeats: status
+        # reports in batches (a write may wait for etcd for seconds; heartbeats must not), the rest each
+        # in a task of its own
+        self._reports: dict[str, _Report] = {}
+        self._reported = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._writing = False  # a batch is being written and answered
+        self._background: set[asyncio.Task] = set()
 
     @property
     def interval(self) -> float:
@@ -374,8 +404,10 @@ class Dispatcher:
             del self.sessions[s.node_id]
 
     async def shutdown(self) -> None:
-        """This manager stops leading: end every session so its agent finds the new leader."""
+        """This manager stops leading: end every session so its agent finds the new leader (reports not
+        written yet are not acknowledged: the agents send them again to the next leader)."""
         self.stopped = True
+        await cancel_all([*self._background, *([self._writer] if self._writer else [])])
         for s in list(self.sessions.values()):
             self.close(s)
             with contextlib.suppress(Exception):
@@ -422,25 +454,92 @@ class Dispatcher:
             full = False
 
     async def receive(self, s: AgentSession, msg: Message) -> None:
-        """A message from the node's agent."""
+        """A message from the node's agent. Never waits for the store: heartbeats are answered at once
+        whatever the store is doing (a stalled etcd must not make a live node look silent)."""
         self.seen(s.node_id)
         if isinstance(msg, Heartbeat):  # answered, so the agent can tell a dead manager from a quiet one
             await s.send(Heartbeat())
         elif isinstance(msg, StatusReport):
             try:
-                await update_status(self.objs, msg.id, msg.status, s.node_id)
-            except NotAssigned as e:  # swarmkit: PermissionDenied, "cannot update a task not assigned this node"
+                check_assigned(self.objs.get("tasks", msg.id), s.node_id)
+            except NotAssigned as e:
                 log.warning("dispatcher: refused a status report: %s", e)
                 await s.send(Refused(seq=msg.seq, message=str(e)))
                 return
-            except StoreError:  # the agent keeps the report and sends it again
-                await s.send(Nack(seq=msg.seq))
-                return
-            await s.send(Ack(seq=msg.seq))
+            self._queue_status(s, msg)
         elif isinstance(msg, Hello):
-            await self.set_node_state(s.node_id, "ready", description=msg.description or None)
+            self._in_background(self.set_node_state(s.node_id, "ready", description=msg.description or None))
         elif isinstance(msg, Description) and isinstance(msg.description, dict):
-            try:
-                await self.update_description(s.node_id, msg.description)
-            except (StoreError, OutOfSequence):  # the agent sends it again next period
+            self._in_background(self._store_description(s, msg.description))
+
+    async def flush(self) -> None:
+        """Return once everything agents sent so far is written and answered (or failed)."""
+        while self._background or self._reports or self._writing:
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)
+
+    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _store_description(self, s: AgentSession, description: dict) -> None:
+        try:
+            await self.update_description(s.node_id, description)
+        except (StoreError, OutOfSequence, Deposed):  # the agent sends it again next period
+            with contextlib.suppress(Exception):
                 await s.send(DescribeAgain())
+
+    def _queue_status(self, s: AgentSession, msg: StatusReport) -> None:
+        report = self._reports.get(msg.id)
+        if report is None:
+            self._reports[msg.id] = _Report(msg.status, [(s, msg.seq)])
+        else:
+            if not states.before(msg.status["State"], report.status["State"]):
+                report.status = msg.status
+            report.acks.append((s, msg.seq))
+        self._reported.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_statuses(), name="status-writer")
+
+    async def _write_statuses(self) -> None:
+        """Write the status reports gathered over each :data:`STATUS_WINDOW`, then answer every report
+        (Ack once written, Nack when the store failed: the agent keeps it and sends it again)."""
+        while True:
+            await self._reported.wait()
+            await self.clock.sleep(STATUS_WINDOW)
+            self._reported.clear()
+            batch, self._reports = self._reports, {}
+            self._writing = True
+            try:
+                written = await self._store_statuses(batch)
+                for report in batch.values():
+                    for s, seq in report.acks:
+                        if not s.closed:
+                            with contextlib.suppress(Exception):
+                                await s.send(Ack(seq=seq) if written else Nack(seq=seq))
+            finally:
+                self._writing = False
+
+    async def _store_statuses(self, batch: dict[str, _Report]) -> bool:
+        """Apply the reports in as few transactions as possible; False if the store failed."""
+        changes = []
+        for tid, report in batch.items():
+            task = self.objs.get("tasks", tid)
+            if task is None:
+                continue  # gone: nothing to write, the report is answered all the same
+            task = orjson.loads(orjson.dumps(task))
+            if apply_status(task, report.status):
+                changes.append(Change("tasks", task))
+        try:
+            for i in range(0, len(changes), 128):
+                chunk = changes[i:i + 128]
+                if not await self.objs.commit(chunk):  # one task changed meanwhile: each on its own
+                    for ch in chunk:
+                        await update_status(self.objs, ch.obj["ID"], batch[ch.obj["ID"]].status)
+        except (StoreError, OutOfSequence, Deposed) as e:
+            log.warning("dispatcher: %d status reports not written: %s", len(batch), e)
+            return False
+        return True

@@ -28,6 +28,7 @@ from shoal.cluster.messages import (
     AttachRequest,
     DetachAnswer,
     DetachRequest,
+    ForwardedAnswer,
     JoinAnswer,
     JoinRequest,
     ManagerKeys,
@@ -50,12 +51,12 @@ from shoal.manager.orchestrator import orchestrators
 from shoal.manager.roles import RoleManager
 from shoal.manager.scheduler.controller import SchedulerController
 from shoal.manager.secrets import Sealer, cached_sealer
-from shoal.model.errors import BadRequest, Unavailable
+from shoal.model.errors import NO_LONGER_LEADER, BadRequest, Unavailable
 from shoal.model.ids import now
 from shoal.model.logs import LogLine, LogQuery
 from shoal.model.network import ingress_spec, new_network
 from shoal.model.views import NodeView
-from shoal.store.base import StoreError
+from shoal.store.base import Compare, StoreError
 from shoal.store.election import LEADER_KEY, Election
 from shoal.store.etcd import EtcdStore
 from shoal.store.etcd_member import EtcdMember
@@ -68,6 +69,15 @@ from shoal.tls.files import NodeTLS
 log = logging.getLogger(__name__)
 
 FORWARD_PATIENCE = 15.0  # seconds a forwarded write waits for a leader (an election takes a few)
+
+
+class _NoLeader(Exception):
+    """No leader is known to forward to."""
+
+
+def _not_leader(answer: ForwardedAnswer) -> bool:
+    """The answer of a manager that does not lead (any more): it changed nothing."""
+    return answer.status == 503 and NO_LONGER_LEADER.encode() in answer.body
 LEAVE_MANAGER = "You are attempting to leave the swarm on a node that is participating as a manager. "
 LEAVE_LAST_MANAGER = ("Removing the last manager erases all current state of the swarm. Use `--force` to ignore "
                       "this message. ")
@@ -171,8 +181,10 @@ class Manager:
     # -- running -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Campaign, follow the leader, record events, look after the store (the store is up)."""
+        etcd_log = self.etcd.log_path if self.etcd is not None else None
         for name, coro in (("leadership", self._leadership()), ("track-leader", self._track_leader()),
-                           ("swarm-events", self.events.run(self.objs)), ("housekeeping", housekeep(self.store))):
+                           ("swarm-events", self.events.run(self.objs)),
+                           ("housekeeping", housekeep(self.store, etcd_log))):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
@@ -183,12 +195,13 @@ class Manager:
         await self.stop_store()
 
     # -- leadership --------------------------------------------------------------------------------
-    def leader_components(self) -> list[Controller | Dispatcher]:
+    def leader_components(self) -> list[Controller | Dispatcher | membership.Learners]:
         """Everything that runs only on the leader, in the order it starts."""
         assert self.dispatcher is not None and self.allocator is not None
-        components: list[Controller | Dispatcher] = [
+        components: list[Controller | Dispatcher | membership.Learners] = [
             self.dispatcher, *store_controllers(self.objs, self.allocator),
             RoleManager(self.objs, self.node_id, self.remove_etcd_member),
+            membership.Learners(self.store, self.objs),
             NetworkKeys(self.objs, self.dispatcher.sealer, self.cfg.overlay_key_rotation)]
         if self.dispatcher.sealer is not None:
             components.append(RotationReconciler(self.objs, self.dispatcher.sealer))
@@ -229,13 +242,16 @@ class Manager:
                 continue
             election = Election(self.objs.store, ttl=2, value=value)
             try:
-                await election.campaign()
+                token = await election.campaign()
             except StoreError as e:
                 log.info("campaign failed (%s); trying again", e)
                 await asyncio.sleep(0.5)
                 continue
             log.info("this node is the leader")
             self.leader_addr = self.cfg.cluster_addr
+            # fencing: every write this manager makes while it leads also compares the leader key it won,
+            # so a write still in flight when another manager has taken over fails instead of landing
+            self.objs.fence = Compare(LEADER_KEY, token)
             try:
                 await self.become_leader()
                 self.is_leader = True  # only now: writes need the leader's allocator (until then they wait)
@@ -250,6 +266,8 @@ class Manager:
             finally:
                 self.is_leader = False
                 await self.become_follower()
+                if self.objs is not None:
+                    self.objs.fence = None
                 with contextlib.suppress(Exception):
                     await election.resign()
 
@@ -281,23 +299,33 @@ class Manager:
     # -- writes made on a follower -----------------------------------------------------------------
     async def forward(self, method: str, path_qs: str, body: bytes, headers: dict[str, str]) -> Forwarded:
         """Pass an API write to the leader over the cluster port; once it answers, wait until this manager's
-        cache has read the write, so a client reading here right after finds it."""
+        cache has read the write, so a client reading here right after finds it.
+
+        It is sent again (for up to FORWARD_PATIENCE, while a leader change is under way) only when it surely
+        did not reach a leader: no leader known, no connection made, or the answer that the manager does not
+        lead. Once sent, a lost answer is not retried: the leader may have applied the write, and sending it
+        again could apply it twice or answer a conflict with itself; the client is told the outcome is
+        unknown."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FORWARD_PATIENCE
         while True:
             leader = self.leader_addr
             try:
                 if not leader:
-                    raise aiohttp.ClientConnectionError("no leader")
+                    raise _NoLeader("none elected")
                 answer = await self.client.forward(leader, method, path_qs, body, headers)
-                if answer.status != 503 or loop.time() > deadline:
+            except (_NoLeader, aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+                if loop.time() > deadline:  # it never reached a leader
+                    raise Unavailable(f"rpc error: code = Unavailable desc = the swarm has no reachable leader "
+                                      f"({leader or 'none elected'}: {e}); a majority of managers must be up") from None
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise Unavailable(f"rpc error: code = Unavailable desc = the leader ({leader}) did not answer "
+                                  f"({type(e).__name__}: {e}); the write may or may not have been applied") from None
+            else:
+                if not (_not_leader(answer) and loop.time() <= deadline):
                     if answer.status < 400:
                         await self._catch_up(answer.revision)
                     return Forwarded(answer.status, answer.body, answer.content_type)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                if loop.time() > deadline:
-                    raise Unavailable(f"rpc error: code = Unavailable desc = the swarm has no reachable leader "
-                                      f"({leader or 'none elected'}: {e}); a majority of managers must be up") from None
             await asyncio.sleep(0.2)
 
     async def _catch_up(self, rev: int, within: float = 3.0) -> None:

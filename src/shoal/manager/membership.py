@@ -13,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
+import os
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
+from shoal.aio import MONOTONIC, Clock
 from shoal.cluster.messages import (
     JoinAnswer,
     JoinRequest,
@@ -31,6 +35,8 @@ from shoal.model.views import NodeView
 from shoal.store.base import StoreError
 from shoal.store.etcd import EtcdStore, initial_cluster
 from shoal.store.objects import Objects
+
+log = logging.getLogger(__name__)
 
 INVALID_TOKEN = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
 REMOVED = "rpc error: code = PermissionDenied desc = node has been removed from the swarm"
@@ -49,9 +55,11 @@ def cluster_of(objs: Objects) -> dict:
 
 
 async def add_etcd_member(store: EtcdStore, name: str, peer_url: str) -> str:
-    """Add a joining manager's etcd member; returns its ``--initial-cluster``. etcd refuses changes until
-    every member has been up for 5 s ("unhealthy cluster"): retry for a while. A member already added for
-    ``peer_url`` (a retried join or promotion) is reused."""
+    """Add a joining manager's etcd member, as a learner; returns its ``--initial-cluster``. A learner
+    does not vote, so a joiner that never comes up costs the quorum nothing; the leader promotes it once
+    it has caught up (:class:`Learners`). etcd takes one learner at a time and refuses changes until
+    every member has been up for 5 s ("unhealthy cluster"): joins wait and retry for a while. A member
+    already added for ``peer_url`` (a retried join or promotion) is reused."""
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         try:
@@ -59,7 +67,7 @@ async def add_etcd_member(store: EtcdStore, name: str, peer_url: str) -> str:
             existing = next((m for m in members if peer_url in m.peer_urls), None)
             if existing is not None:
                 return initial_cluster(members, existing, name)
-            new, members = await store.member_add([peer_url])
+            new, members = await store.member_add([peer_url], learner=True)
             return initial_cluster(members, new, name)
         except (StoreError, ValueError) as e:
             if asyncio.get_running_loop().time() > deadline:
@@ -164,3 +172,70 @@ def renew(objs: Objects, ca: ClusterCA, node_id: str, cert_role: str, req: Renew
         raise APIError(REMOVED, 403)
     role = "manager" if cert_role == "manager" and NodeView(raw).manager_status is not None else "worker"
     return RenewAnswer(cert=_sign(ca, req.csr, node_id, role), role=role, trust_root=ca.cert_pem().decode())
+LEARNER_TIMEOUT = float(os.environ.get("SHOAL_ETCD_LEARNER_TIMEOUT", "60"))  # s; tests set it lower
+
+
+class Learners:
+    """Leader only: promotes each learner etcd member once it has caught up with the leader, and removes
+    one that has not come up within :data:`LEARNER_TIMEOUT` (its join or promotion failed), so the next
+    joiner can go on (etcd takes one learner at a time)."""
+
+    name = "etcd-learners"
+
+    def __init__(self, store: EtcdStore, objs: Objects, clock: Clock = MONOTONIC,
+                 timeout: float = LEARNER_TIMEOUT) -> None:
+        self.store = store
+        self.objs = objs
+        self.clock = clock
+        self.timeout = timeout
+        self._since: dict[int, float] = {}  # learner member ID -> when this leader first saw it
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except StoreError as e:
+                log.info("etcd learners: %s", e)
+            await self.clock.sleep(0.5)
+
+    async def step(self) -> None:
+        learners = [m for m in await self.store.member_list() if m.is_learner]
+        now_ = self.clock.now()
+        self._since = {m.id: self._since.get(m.id, now_) for m in learners}
+        for m in learners:
+            try:
+                await self.store.member_promote(m.id)
+                log.info("etcd member %s (%s) caught up: now a voting member", m.name or "?", ", ".join(m.peer_urls))
+                del self._since[m.id]
+                continue
+            except StoreError as e:  # "can only promote a learner member which is in sync with leader"
+                if now_ - self._since[m.id] < self.timeout:
+                    log.debug("etcd learner %x not promoted yet: %s", m.id, e)
+                    continue
+            log.warning("etcd learner %s (%s) did not come up within %.0f s: removing it", m.name or "?",
+                        ", ".join(m.peer_urls), self.timeout)
+            await self.store.member_remove(m.id)
+            del self._since[m.id]
+            await self._not_a_manager(m.name, m.peer_urls)
+
+    async def _not_a_manager(self, name: str, peer_urls: list[str]) -> None:
+        """The node behind a removed learner is no manager: it keeps no ManagerStatus and its desired role
+        is worker (it can be removed, or promoted again)."""
+        hosts = {urlsplit(u).hostname for u in peer_urls}
+
+        def behind(node: NodeView) -> bool:
+            if node.manager_status is None:
+                return False
+            if name:  # the learner started: it is named after its node
+                return node.id == name
+            return node.addr in hosts and not node.ready  # it never started: the manager that never came
+
+        for node in filter(behind, map(NodeView, self.objs.list("nodes"))):
+
+            def demote(n: dict) -> bool:
+                n.pop("ManagerStatus", None)
+                n["Spec"] = {**n["Spec"], "Role": "worker"}
+                n["UpdatedAt"] = now()
+                return True
+
+            await self.objs.modify("nodes", node.id, demote)

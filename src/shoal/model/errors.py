@@ -64,6 +64,18 @@ class Unavailable(APIError):
     status = 503
 
 
+# a write refused before it changed anything because the manager that got it does not lead (a follower
+# that forwarded it may send it again to the new leader)
+NO_LONGER_LEADER = "rpc error: code = Unavailable desc = this manager is no longer the leader"
+
+
+class Deposed(Unavailable):
+    """A write of a manager that no longer leads: the leader key it was fenced with has changed."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_LONGER_LEADER)
+
+
 NOT_A_MANAGER = (
     'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this '
     "node to swarm and try again."

@@ -145,6 +145,9 @@ def _channel_closed_under_us() -> bool:
 
 
 def _store_error(e: grpc.aio.AioRpcError) -> StoreError:
+    if "database space exceeded" in (e.details() or ""):
+        return StoreError("the cluster store is full (its space quota is reached): writes are refused until "
+                          "the managers have compacted it, reads go on")
     return StoreError(f"etcd {e.code().name}: {e.details()}")
 
 

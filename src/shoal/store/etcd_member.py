@@ -331,8 +331,8 @@ class EtcdMember:
         """Whether the last run's log says the member was removed from the cluster."""
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(self._log_offset, f.tell() - 65536))
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(min(self._log_offset, end), end - 65536))  # the log may have been rotated since
                 text = f.read()
         except OSError:
             return False

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from shoal.model.errors import NameConflict, OutOfSequence
+from shoal.model.errors import Deposed, NameConflict, OutOfSequence
 from shoal.model.kinds import KINDS, NAMED, name_of
 from shoal.store.base import KV, CompactedError, Compare, Delete, Op, Put, Store, StoreError
 
@@ -97,6 +97,7 @@ class Objects:
         self.revision = 0
         self._watched = 0  # revision up to which the watch has been applied to the cache
         self._watchers: list[Watcher] = []
+        self.fence: Compare | None = None  # while leading: every write also compares the leader key
         self._task: asyncio.Task | None = None
         self.loaded = asyncio.Event()
         # secondary indexes: service id -> task ids, node id -> task ids
@@ -164,7 +165,9 @@ class Objects:
     async def _follow(self) -> None:
         while True:
             try:
-                async for events in self.store.watch(PREFIX, self.revision + 1):
+                # from the last revision the watch delivered: this manager's own writes move `revision`
+                # ahead of revisions other writers made before them, which the watch has yet to bring
+                async for events in self.store.watch(PREFIX, self._watched + 1):
                     for ev in events:
                         self._apply_event(ev.type, ev.kv)
             except CompactedError:
@@ -250,8 +253,13 @@ class Objects:
                     ops.append(Put(name_key(ch.kind, name), oid.encode()))
         if not ops:
             return True
+        fence = self.fence
+        if fence is not None:
+            compares.append(fence)
         res = await self.store.txn(compares, ops)
         if not res.succeeded:
+            if fence is not None and fence.key in res.failed:
+                raise Deposed()
             for key in res.failed:
                 if key.startswith(NAMES):
                     kind, _, name = key[len(NAMES):].partition("/")

@@ -23,6 +23,9 @@ from shoal.model.service import DEFAULT_STOP_GRACE
 from shoal.model.task import task_name
 
 log = logging.getLogger(__name__)
+# what a call to an engine that is down or restarting raises (aiodocker reports a refused connection as a
+# DockerError with status 900)
+ENGINE_ERRORS = (DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 class ExecutorError(Exception):
     """The engine refused; ``message`` is the engine's own text."""
