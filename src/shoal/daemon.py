@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shoal.api.server import make_app
+from shoal.api.server import DISPATCH, make_app
 from shoal.node.control import NodeControl
 from shoal.node.node import Node, NodeConfig
 
@@ -31,7 +31,7 @@ class Daemon:
         self.opts = opts
         self.node = Node(opts)
         self.app = make_app(NodeControl(self.node))
-        self.node.serve_forwarded(self.app["dispatch"])  # writes other managers forward to this one
+        self.node.serve_forwarded(self.app[DISPATCH])  # writes other managers forward to this one
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

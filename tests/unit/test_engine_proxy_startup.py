@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from aiohttp import web
 
-from shoal.api.server import make_app
+from shoal.api.server import CTX, make_app
 
 
 async def _engine(path: Path, answer: asyncio.Event) -> asyncio.AbstractServer:
@@ -36,7 +36,7 @@ async def test_api_starts_while_the_engine_does_not_answer_yet(tmp_path: Path) -
     runner = web.AppRunner(app)
     try:
         await asyncio.wait_for(runner.setup(), 2)  # hung until the engine answered
-        proxy = app["ctx"].proxy
+        proxy = app[CTX].proxy
         assert proxy.engine_api == (1, 41)  # assumed meanwhile
         answer.set()  # the engine is done restoring: its version is learned then
         for _ in range(200):

@@ -47,6 +47,11 @@ class Ctx:
 
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
+# what make_app keeps in its application: the dispatcher (shoald serves forwarded writes with it), the
+# handlers' context, the task that learns the engine's API version
+DISPATCH = web.AppKey("dispatch", Callable[[web.Request], Awaitable[web.StreamResponse]])
+CTX = web.AppKey("ctx", Ctx)
+LEARN_VERSION = web.AppKey("learn_version", asyncio.Task)
 _routes: list[tuple[str, re.Pattern, Handler, bool]] = []
 
 
@@ -142,10 +147,10 @@ def make_app(control: Control) -> web.Application:
         return await ctx.proxy.handle(request)
 
     async def started(app: web.Application) -> None:
-        app["learn_version"] = asyncio.create_task(ctx.proxy.learn_version(), name="engine-version")
+        app[LEARN_VERSION] = asyncio.create_task(ctx.proxy.learn_version(), name="engine-version")
 
     async def cleanup(app: web.Application) -> None:
-        task = app.get("learn_version")
+        task = app.get(LEARN_VERSION)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +165,6 @@ def make_app(control: Control) -> web.Application:
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # any path, newlines included
     app.on_startup.append(started)
     app.on_cleanup.append(cleanup)
-    app["dispatch"] = dispatch
-    app["ctx"] = ctx
+    app[DISPATCH] = dispatch
+    app[CTX] = ctx
     return app
