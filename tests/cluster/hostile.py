@@ -14,7 +14,17 @@ from pathlib import Path
 import aiohttp
 
 from shoal.cluster.client import ClusterClient, SessionRejected
-from shoal.cluster.messages import Ack, Hello, Nack, RenewAnswer, RenewRequest, SessionError, StatusReport, Welcome
+from shoal.cluster.messages import (
+    Ack,
+    Hello,
+    Nack,
+    Refused,
+    RenewAnswer,
+    RenewRequest,
+    SessionError,
+    StatusReport,
+    Welcome,
+)
 from shoal.model.errors import APIError
 from shoal.tls.certs import MANAGER_NAME, make_csr, new_key
 from shoal.tls.contexts import ServerContexts, client_context
@@ -47,7 +57,7 @@ async def spoof_status(certs: str, manager: str, task_id: str) -> dict:
                 "Timestamp": "2030-01-01T00:00:00Z"}))
             while True:
                 msg = await sock.receive(timeout=5)
-                if msg is None or isinstance(msg, Ack | Nack | SessionError):
+                if msg is None or isinstance(msg, Ack | Nack | Refused | SessionError):
                     return {"answer": type(msg).__name__ if msg else "closed"}
     except SessionRejected as e:
         return {"answer": "rejected", "message": str(e)}

@@ -178,8 +178,9 @@ def test_a_worker_cannot_report_another_nodes_task(lab: Lab) -> None:
     """The dispatcher takes status reports only for the tasks of the session's node (issue 12, item 3)."""
     victim = next(tid for tid, (node, _) in tasks(lab, "pki-web").items() if node == "worker1")
     before = state(lab)
-    hostile(lab, "worker2", "spoof-status", str(certs(lab, "worker2").dir), f"{lab.host('manager').ip}:2377",
-            victim)
+    got = hostile(lab, "worker2", "spoof-status", str(certs(lab, "worker2").dir), f"{lab.host('manager').ip}:2377",
+                  victim)
+    assert got == {"answer": "Refused"}, got  # swarmkit: PermissionDenied
     time.sleep(2)
     assert victim in tasks(lab, "pki-web") and state(lab) == before
     wait_for(lambda: lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split() == ["Ready"] * 3,
