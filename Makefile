@@ -26,7 +26,7 @@ integration:
 
 # The whole suite; pytest exit 5 (no test collected) is not a failure.
 test: install images lint
-	$(VENV)/pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+	$(VENV)/pytest -q --durations=30 tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
 
 # The chaos suite (docs/reliability.md): its own lab of 3 managers + 3 workers, ROUNDS faults;
 # DOCKER=1 runs it against Docker's own swarm mode. tests/cluster/test_chaos.py is its short CI version.
