@@ -170,7 +170,7 @@ def test_failed_job_task_is_retried_and_global_job_runs_once_per_node(shoald):
     assert replicas(shoald, "gjob") == "0/0 (1/1 completed)"
     assert [r["CurrentState"].split()[0] for r in ps(shoald, "gjob")] == ["Complete"]
     # the first try and two restarts, then the slot keeps its failed task
-    wait_for(lambda: [r["CurrentState"].split()[0] for r in ps(shoald, "flaky")] == ["Failed"] * 3, 30,
+    wait_for(lambda: [r["CurrentState"].split()[0] for r in ps(shoald, "flaky")] == ["Failed"] * 3, 90,
              what="three failed tries")
     rows = ps(shoald, "flaky")
     assert all("task: non-zero exit (3)" in r["Error"] for r in rows), rows

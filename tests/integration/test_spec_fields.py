@@ -72,7 +72,7 @@ def test_container_fields_reach_the_container(shoald, docker_engine, tmp_path):
     assert vol["Driver"] == "local" and vol["Labels"] == {"color": "red"}
     assert vol["Options"] == {"type": "tmpfs", "device": "tmpfs"}
     shoald.docker("service", "rm", "fields")
-    wait_for(lambda: not docker_engine.containers.list(all=True, filters={"id": c.id}), 30,
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters={"id": c.id}), 30,
              what="the container removed")
     docker_engine.volumes.get("fields-vol").remove(force=True)
 
