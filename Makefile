@@ -24,16 +24,9 @@ unit:
 integration:
 	$(VENV)/pytest -q tests/integration
 
-# The whole suite; pytest exit 5 (no test collected) is not a failure.
+# The whole suite: unit and integration tests, with the lab tests beside them (scripts/run-tests.sh).
 test: install images lint
-	$(VENV)/pytest -q --durations=30 tests || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
-
-# The chaos suite (docs/reliability.md): its own lab of 3 managers + 3 workers, ROUNDS faults;
-# DOCKER=1 runs it against Docker's own swarm mode. tests/cluster/test_chaos.py is its short CI version.
-ROUNDS ?= 11
-SEED ?= 1
-chaos: install images
-	$(VENV)/python -m shoal.cli lab chaos --rounds $(ROUNDS) --seed $(SEED) $(if $(DOCKER),--docker)
+	scripts/run-tests.sh
 
 demo: install images
 	scripts/demo.sh
