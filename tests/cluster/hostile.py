@@ -14,7 +14,17 @@ from pathlib import Path
 import aiohttp
 
 from shoal.cluster.client import ClusterClient, SessionRejected
-from shoal.cluster.messages import Ack, Hello, Nack, RenewAnswer, RenewRequest, SessionError, StatusReport, Welcome
+from shoal.cluster.messages import (
+    Ack,
+    Hello,
+    Nack,
+    Refused,
+    RenewAnswer,
+    RenewRequest,
+    SessionError,
+    StatusReport,
+    Welcome,
+)
 from shoal.model.errors import APIError
 from shoal.tls.certs import MANAGER_NAME, make_csr, new_key
 from shoal.tls.contexts import ServerContexts, client_context
@@ -45,8 +55,13 @@ async def spoof_status(certs: str, manager: str, task_id: str) -> dict:
             await sock.send(StatusReport(id=task_id, seq=1, status={
                 "State": "failed", "Message": "hostile", "Err": "spoofed by another node",
                 "Timestamp": "2030-01-01T00:00:00Z"}))
-            while True:
-                msg = await sock.receive(timeout=5)
+            while True:  # the manager's other messages (assignments, maps) until the answer to seq 1
+                try:
+                    msg = await sock.receive(timeout=10)
+                except TimeoutError:
+                    return {"answer": "no answer"}
+                if isinstance(msg, Refused) and msg.seq == 1:
+                    return {"answer": "Refused", "message": msg.message}
                 if msg is None or isinstance(msg, Ack | Nack | SessionError):
                     return {"answer": type(msg).__name__ if msg else "closed"}
     except SessionRejected as e:

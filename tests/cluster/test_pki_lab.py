@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,13 @@ def log_since(lab: Lab, host: str, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
+def renewal_plan(log: str, not_after: datetime.datetime) -> float:
+    """The point (in % of its life) at which the node planned to renew its certificate ending at ``not_after``."""
+    found = re.findall(rf"valid until {re.escape(not_after.isoformat())} renews at ([\d.]+) % of its life", log)
+    assert found, f"no renewal planned for the certificate valid until {not_after.isoformat()}"
+    return float(found[0])
+
+
 def test_certificates_renew_before_they_expire_with_nothing_disturbed(lab: Lab) -> None:
     before = tasks(lab, "pki-web")
     first = {h: certs(lab, h).cert.read_bytes() for h in HOSTS}
@@ -92,6 +100,12 @@ def test_certificates_renew_before_they_expire_with_nothing_disturbed(lab: Lab) 
     wait_for(lambda: all(serial(certs(lab, h).cert.read_bytes()) != serial(first[h]) for h in HOSTS), 40,
              "every node's certificate renewed")
     assert serial(etcd_cert.read_bytes()) != serial(etcd_first)  # the manager's etcd certificate followed
+    for h in HOSTS:  # at the random point each node planned for its first certificate, and not before
+        nb, na = validity(first[h])
+        planned = renewal_plan(log_since(lab, h, 0), na)
+        assert 50.0 <= planned <= 80.0, (h, planned)
+        issued = validity(certs(lab, h).cert.read_bytes())[0] + (na - nb) / 11  # backdated by a tenth of 30 s
+        assert issued >= nb + (na - nb) * planned / 100 - datetime.timedelta(seconds=1), (h, planned, issued)
     # past the expiry of every first certificate: everything still talks, nothing moved
     time.sleep(max(0.0, max(validity(p)[1] for p in first.values()).timestamp() - time.time() + 1))
     assert lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split() == ["Ready"] * 3
@@ -178,9 +192,12 @@ def test_a_worker_cannot_report_another_nodes_task(lab: Lab) -> None:
     """The dispatcher takes status reports only for the tasks of the session's node (issue 12, item 3)."""
     victim = next(tid for tid, (node, _) in tasks(lab, "pki-web").items() if node == "worker1")
     before = state(lab)
-    hostile(lab, "worker2", "spoof-status", str(certs(lab, "worker2").dir), f"{lab.host('manager').ip}:2377",
-            victim)
-    time.sleep(2)
+    got = hostile(lab, "worker2", "spoof-status", str(certs(lab, "worker2").dir), f"{lab.host('manager').ip}:2377",
+                  victim)
+    assert got["answer"] == "Refused" and f"task {victim} is not assigned" in got["message"], got
+    status = json.loads(lab.docker("manager", "inspect", "--type", "task", "--format", "{{json .Status}}",
+                                   victim).stdout)
+    assert status["State"] == "running" and "hostile" not in json.dumps(status), status
     assert victim in tasks(lab, "pki-web") and state(lab) == before
     wait_for(lambda: lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split() == ["Ready"] * 3,
              15, "worker2's own agent back in session")
