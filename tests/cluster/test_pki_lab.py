@@ -127,6 +127,7 @@ def test_a_root_rotation_reaches_every_node(lab: Lab) -> None:
     swarm = json.loads(lab.docker("manager", "info", "--format", "{{json .Swarm.Cluster}}").stdout)
     root = swarm["TLSInfo"]["TrustRoot"]
     assert cp.stdout.rstrip().endswith(root.strip()) and swarm["RootRotationInProgress"] is False
+    assert len(load_pems(root.encode())) == 1  # the old root dropped once every node moved
     for node in json.loads(lab.docker("manager", "node", "inspect", *HOSTS).stdout):
         assert node["Description"]["TLSInfo"] == swarm["TLSInfo"], node["Description"]["Hostname"]
     for h in HOSTS:

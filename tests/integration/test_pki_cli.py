@@ -62,6 +62,7 @@ def test_swarm_ca_rotate(shoald, cli):
     after = swarm(shoald)
     root = after["TLSInfo"]["TrustRoot"]
     assert root != before["TLSInfo"]["TrustRoot"] and after["RootRotationInProgress"] is False
+    assert len(load_pems(root.encode())) == 1  # the old root is dropped once every node has moved
     assert after["Spec"]["CAConfig"]["ForceRotate"] == before["Spec"]["CAConfig"].get("ForceRotate", 0) + 1
     # Docker's progress (two bars, converged), then the new root
     digest = hashlib.sha256(root.encode()).hexdigest()  # of the root it converged to (non-TTY: no bars)
