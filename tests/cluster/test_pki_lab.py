@@ -153,6 +153,18 @@ def state(lab: Lab) -> tuple:
             lab.docker("manager", "node", "ls", "-q").stdout.split())
 
 
+def managers(lab: Lab) -> tuple[list[str], list[str]]:
+    """Each node's MANAGER STATUS (``docker node ls``) and the names of the etcd members (read from the
+    manager's etcd peer port with its member certificate)."""
+    statuses = lab.docker("manager", "node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").stdout.split("\n")
+    manager_id = lab.docker("manager", "node", "inspect", "--format", "{{.ID}}", "self").stdout.strip()
+    etcd_tls = lab.host("manager").dir / "shoal" / "etcd-tls"
+    got = hostile(lab, "manager", "etcd-peer", str(etcd_tls / f"{manager_id}.crt"), str(etcd_tls / f"{manager_id}.key"),
+                  f"{lab.host('manager').ip}:2380")
+    assert got["answer"] == "answered" and got["status"] == 200, got
+    return statuses, sorted(m["name"] for m in json.loads(got["body"]))
+
+
 def test_a_hostile_worker_is_refused_and_changes_nothing(lab: Lab) -> None:
     manager = f"{lab.host('manager').ip}:2377"
     mine = str(certs(lab, "worker2").dir)
@@ -178,15 +190,15 @@ def test_a_hostile_worker_is_refused_and_changes_nothing(lab: Lab) -> None:
     etcd = f"{lab.host('manager').ip}:2380"
     got = hostile(lab, "worker2", "etcd-peer", str(certs(lab, "worker2").cert), str(certs(lab, "worker2").key), etcd)
     assert got["answer"] == "refused", got
-    manager_id = lab.docker("manager", "node", "inspect", "--format", "{{.ID}}", "self").stdout.strip()
-    etcd_tls = lab.host("manager").dir / "shoal" / "etcd-tls"
-    got = hostile(lab, "manager", "etcd-peer", str(etcd_tls / f"{manager_id}.crt"), str(etcd_tls / f"{manager_id}.key"),
-                  etcd)
-    assert got["answer"] == "answered" and got["status"] == 200, got  # the same call with a member's certificate
+    before_managers = managers(lab)  # the same call with a member's certificate is answered
+    assert len(before_managers[1]) == 1
 
     got = hostile(lab, "worker2", "renew", mine, manager)  # its own certificate: a worker's, nothing more
     assert got == {"answer": "renewed", "role": "worker"}
-    assert state(lab) == before
+    # asking for a promotion nobody made: a worker's certificate again, no keys, no etcd member
+    got = hostile(lab, "worker2", "ask-manager-role", mine, manager, w2)
+    assert got == {"answer": "role", "role": "worker", "cert_role": "worker", "keys": []}, got
+    assert managers(lab) == before_managers and state(lab) == before
 
 
 def test_a_worker_cannot_report_another_nodes_task(lab: Lab) -> None:
