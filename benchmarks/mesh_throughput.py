@@ -4,11 +4,13 @@ VXLAN through WireGuard) side by side, plus a bulk TCP transfer over each; the t
 `docker service scale` to the load balancer using the new task; and what Docker's own routing mesh does
 on this kernel (no IPVS).
 
-Run: .venv/bin/python benchmarks/mesh_throughput.py  (installs wrk with apt if it is missing)
+Run: .venv/bin/python benchmarks/mesh_throughput.py  (installs wrk with apt if it is missing); a shorter
+run: --rounds 1 --duration 4 --pause 30 --bulk-mb 100 --no-docker
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -201,12 +203,21 @@ def docker_side() -> str:
 
 
 def main() -> int:
+    global ROUNDS, DURATION, PAUSE, BULK_MB
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--duration", type=int, default=DURATION, help="seconds of each wrk run")
+    p.add_argument("--pause", type=float, default=PAUSE, help="seconds between runs (TIME_WAIT: 60)")
+    p.add_argument("--bulk-mb", type=int, default=BULK_MB)
+    p.add_argument("--no-docker", action="store_true", help="skip Docker's own routing mesh")
+    args = p.parse_args()
+    ROUNDS, DURATION, PAUSE, BULK_MB = args.rounds, args.duration, args.pause, args.bulk_mb
     if lab_in_use():
         return 1
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
     s = shoal_side()
-    docker = docker_side()
+    docker = "not run (--no-docker)" if args.no_docker else docker_side()
     print(f"{ROUNDS} interleaved rounds of {DURATION} s each, req/s: " +
           "; ".join(f"{name} {runs}" for name, runs in s["runs"].items()) + " (medians below)")
     direct = s["direct"]["rps"]

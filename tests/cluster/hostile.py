@@ -21,12 +21,14 @@ from shoal.cluster.messages import (
     Refused,
     RenewAnswer,
     RenewRequest,
+    RoleAnswer,
+    RoleRequest,
     SessionError,
     StatusReport,
     Welcome,
 )
 from shoal.model.errors import APIError
-from shoal.tls.certs import MANAGER_NAME, make_csr, new_key
+from shoal.tls.certs import MANAGER_NAME, identity_of, make_csr, new_key
 from shoal.tls.contexts import ServerContexts, client_context
 from shoal.tls.files import NodeTLS
 
@@ -55,9 +57,14 @@ async def spoof_status(certs: str, manager: str, task_id: str) -> dict:
             await sock.send(StatusReport(id=task_id, seq=1, status={
                 "State": "failed", "Message": "hostile", "Err": "spoofed by another node",
                 "Timestamp": "2030-01-01T00:00:00Z"}))
-            while True:
-                msg = await sock.receive(timeout=5)
-                if msg is None or isinstance(msg, Ack | Nack | Refused | SessionError):
+            while True:  # the manager's other messages (assignments, maps) until the answer to seq 1
+                try:
+                    msg = await sock.receive(timeout=10)
+                except TimeoutError:
+                    return {"answer": "no answer"}
+                if isinstance(msg, Refused) and msg.seq == 1:
+                    return {"answer": "Refused", "message": msg.message}
+                if msg is None or isinstance(msg, Ack | Nack | SessionError):
                     return {"answer": type(msg).__name__ if msg else "closed"}
     except SessionRejected as e:
         return {"answer": "rejected", "message": str(e)}
@@ -69,6 +76,19 @@ async def renew(certs: str, manager: str) -> dict:
         return {"answer": "renewed", "role": answer.role}
     except APIError as e:
         return {"answer": "refused", "status": e.status, "message": e.message}
+
+
+async def ask_manager_role(certs: str, manager: str, own_addr: str) -> dict:
+    """Ask the leader for what a promoted node gets: a manager certificate, the managers' keys, an etcd
+    member."""
+    req = RoleRequest(csr=make_csr(new_key()).decode(), peer_url=f"https://{own_addr}:2380",
+                      cluster_addr=f"{own_addr}:2377")
+    try:
+        answer = await client(certs).request(manager, req, RoleAnswer)
+    except APIError as e:
+        return {"answer": "refused", "status": e.status, "message": e.message}
+    return {"answer": "role", "role": answer.role, "cert_role": identity_of(answer.cert.encode())[1],
+            "keys": sorted(answer.keys)}
 
 
 async def session(certs: str, manager: str) -> dict:
@@ -109,12 +129,13 @@ async def etcd_peer(cert: str, key: str, peer: str) -> dict:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
                 http.get(f"https://{peer}/members", ssl=ctx) as resp:
-            return {"answer": "answered", "status": resp.status, "body": (await resp.text())[:200]}
+            return {"answer": "answered", "status": resp.status, "body": (await resp.text())[:4000]}
     except (aiohttp.ClientError, OSError) as e:
         return {"answer": "refused", "message": f"{type(e).__name__}: {e}"}
 
 
 ATTACKS = {"api-write": api_write, "spoof-status": spoof_status, "renew": renew, "session": session,
+           "ask-manager-role": ask_manager_role,
            "pose-as-manager": pose_as_manager, "etcd-peer": etcd_peer}
 
 if __name__ == "__main__":

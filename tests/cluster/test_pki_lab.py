@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,13 @@ def log_since(lab: Lab, host: str, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
+def renewal_plan(log: str, not_after: datetime.datetime) -> float:
+    """The point (in % of its life) at which the node planned to renew its certificate ending at ``not_after``."""
+    found = re.findall(rf"valid until {re.escape(not_after.isoformat())} renews at ([\d.]+) % of its life", log)
+    assert found, f"no renewal planned for the certificate valid until {not_after.isoformat()}"
+    return float(found[0])
+
+
 def test_certificates_renew_before_they_expire_with_nothing_disturbed(lab: Lab) -> None:
     before = tasks(lab, "pki-web")
     first = {h: certs(lab, h).cert.read_bytes() for h in HOSTS}
@@ -92,6 +100,12 @@ def test_certificates_renew_before_they_expire_with_nothing_disturbed(lab: Lab) 
     wait_for(lambda: all(serial(certs(lab, h).cert.read_bytes()) != serial(first[h]) for h in HOSTS), 40,
              "every node's certificate renewed")
     assert serial(etcd_cert.read_bytes()) != serial(etcd_first)  # the manager's etcd certificate followed
+    for h in HOSTS:  # at the random point each node planned for its first certificate, and not before
+        nb, na = validity(first[h])
+        planned = renewal_plan(log_since(lab, h, 0), na)
+        assert 50.0 <= planned <= 80.0, (h, planned)
+        issued = validity(certs(lab, h).cert.read_bytes())[0] + (na - nb) / 11  # backdated by a tenth of 30 s
+        assert issued >= nb + (na - nb) * planned / 100 - datetime.timedelta(seconds=1), (h, planned, issued)
     # past the expiry of every first certificate: everything still talks, nothing moved
     time.sleep(max(0.0, max(validity(p)[1] for p in first.values()).timestamp() - time.time() + 1))
     assert lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split() == ["Ready"] * 3
@@ -113,6 +127,7 @@ def test_a_root_rotation_reaches_every_node(lab: Lab) -> None:
     swarm = json.loads(lab.docker("manager", "info", "--format", "{{json .Swarm.Cluster}}").stdout)
     root = swarm["TLSInfo"]["TrustRoot"]
     assert cp.stdout.rstrip().endswith(root.strip()) and swarm["RootRotationInProgress"] is False
+    assert len(load_pems(root.encode())) == 1  # the old root dropped once every node moved
     for node in json.loads(lab.docker("manager", "node", "inspect", *HOSTS).stdout):
         assert node["Description"]["TLSInfo"] == swarm["TLSInfo"], node["Description"]["Hostname"]
     for h in HOSTS:
@@ -136,6 +151,18 @@ def state(lab: Lab) -> tuple:
         "manager", "service", "ls", "-q").stdout.split()).stdout)
     return ({s["ID"]: s["Version"]["Index"] for s in services}, tasks(lab, "pki-web"),
             lab.docker("manager", "node", "ls", "-q").stdout.split())
+
+
+def managers(lab: Lab) -> tuple[list[str], list[str]]:
+    """Each node's MANAGER STATUS (``docker node ls``) and the names of the etcd members (read from the
+    manager's etcd peer port with its member certificate)."""
+    statuses = lab.docker("manager", "node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").stdout.split("\n")
+    manager_id = lab.docker("manager", "node", "inspect", "--format", "{{.ID}}", "self").stdout.strip()
+    etcd_tls = lab.host("manager").dir / "shoal" / "etcd-tls"
+    got = hostile(lab, "manager", "etcd-peer", str(etcd_tls / f"{manager_id}.crt"), str(etcd_tls / f"{manager_id}.key"),
+                  f"{lab.host('manager').ip}:2380")
+    assert got["answer"] == "answered" and got["status"] == 200, got
+    return statuses, sorted(m["name"] for m in json.loads(got["body"]))
 
 
 def test_a_hostile_worker_is_refused_and_changes_nothing(lab: Lab) -> None:
@@ -163,15 +190,15 @@ def test_a_hostile_worker_is_refused_and_changes_nothing(lab: Lab) -> None:
     etcd = f"{lab.host('manager').ip}:2380"
     got = hostile(lab, "worker2", "etcd-peer", str(certs(lab, "worker2").cert), str(certs(lab, "worker2").key), etcd)
     assert got["answer"] == "refused", got
-    manager_id = lab.docker("manager", "node", "inspect", "--format", "{{.ID}}", "self").stdout.strip()
-    etcd_tls = lab.host("manager").dir / "shoal" / "etcd-tls"
-    got = hostile(lab, "manager", "etcd-peer", str(etcd_tls / f"{manager_id}.crt"), str(etcd_tls / f"{manager_id}.key"),
-                  etcd)
-    assert got["answer"] == "answered" and got["status"] == 200, got  # the same call with a member's certificate
+    before_managers = managers(lab)  # the same call with a member's certificate is answered
+    assert len(before_managers[1]) == 1
 
     got = hostile(lab, "worker2", "renew", mine, manager)  # its own certificate: a worker's, nothing more
     assert got == {"answer": "renewed", "role": "worker"}
-    assert state(lab) == before
+    # asking for a promotion nobody made: a worker's certificate again, no keys, no etcd member
+    got = hostile(lab, "worker2", "ask-manager-role", mine, manager, w2)
+    assert got == {"answer": "role", "role": "worker", "cert_role": "worker", "keys": []}, got
+    assert managers(lab) == before_managers and state(lab) == before
 
 
 def test_a_worker_cannot_report_another_nodes_task(lab: Lab) -> None:
@@ -180,8 +207,10 @@ def test_a_worker_cannot_report_another_nodes_task(lab: Lab) -> None:
     before = state(lab)
     got = hostile(lab, "worker2", "spoof-status", str(certs(lab, "worker2").dir), f"{lab.host('manager').ip}:2377",
                   victim)
-    assert got == {"answer": "Refused"}, got  # swarmkit: PermissionDenied
-    time.sleep(2)
+    assert got["answer"] == "Refused" and f"task {victim} is not assigned" in got["message"], got
+    status = json.loads(lab.docker("manager", "inspect", "--type", "task", "--format", "{{json .Status}}",
+                                   victim).stdout)
+    assert status["State"] == "running" and "hostile" not in json.dumps(status), status
     assert victim in tasks(lab, "pki-web") and state(lab) == before
     wait_for(lambda: lab.docker("manager", "node", "ls", "--format", "{{.Status}}").stdout.split() == ["Ready"] * 3,
              15, "worker2's own agent back in session")

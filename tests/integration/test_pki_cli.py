@@ -62,6 +62,7 @@ def test_swarm_ca_rotate(shoald, cli):
     after = swarm(shoald)
     root = after["TLSInfo"]["TrustRoot"]
     assert root != before["TLSInfo"]["TrustRoot"] and after["RootRotationInProgress"] is False
+    assert len(load_pems(root.encode())) == 1  # the old root is dropped once every node has moved
     assert after["Spec"]["CAConfig"]["ForceRotate"] == before["Spec"]["CAConfig"].get("ForceRotate", 0) + 1
     # Docker's progress (two bars, converged), then the new root
     digest = hashlib.sha256(root.encode()).hexdigest()  # of the root it converged to (non-TTY: no bars)
@@ -127,6 +128,7 @@ def test_a_locked_manager_reveals_no_token_and_no_ca_key(fresh_shoald, tmp_path)
     d.docker("swarm", "init", "--autolock", "--listen-addr", f"127.0.0.1:{port}",
              "--advertise-addr", f"127.0.0.1:{port}")
     unlock_key = d.docker("swarm", "unlock-key", "-q").stdout.strip()
+    first_tokens = swarm(d)["JoinTokens"]  # those of swarm init: never in clear, even in etcd's history
     cert_file, key_file, cert, key = root_files(tmp_path)  # a root whose key the test knows
     d.docker("swarm", "ca", "--rotate", "--ca-cert", str(cert_file), "--ca-key", str(key_file), "-q", timeout=60)
     tokens = swarm(d)["JoinTokens"]
@@ -137,8 +139,8 @@ def test_a_locked_manager_reveals_no_token_and_no_ca_key(fresh_shoald, tmp_path)
     assert backup.stat().st_mode & 0o777 == 0o600 and backup.read_bytes()[:8] == b"SHOALBK1"
 
     d.kill(signal.SIGTERM)  # stopped: locked; what its disk holds
-    needles = [tokens["Worker"].encode(), tokens["Manager"].encode(), tokens["Worker"][-25:].encode(),
-               tokens["Manager"][-25:].encode(), *private_bytes(key)]
+    needles = [t[-25:].encode() for t in (*tokens.values(), *first_tokens.values())]  # their secret parts
+    needles += [unlock_key.encode(), unlock_key.removeprefix("SWMKEY-1-").encode(), *private_bytes(key)]
     assert files_holding(d.data, needles) == []
     assert [n[:12] for n in needles if n in backup.read_bytes()] == []
     assert (d.data / "etcd" / "member" / "snap" / "db").stat().st_size > 0  # etcd's own copy was searched too

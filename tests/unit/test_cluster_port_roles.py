@@ -15,6 +15,7 @@ from shoal.cluster.client import ClusterClient
 from shoal.cluster.messages import CAUpdate, Hello, Message, RenewAnswer, RenewRequest, SessionError
 from shoal.cluster.server import ClusterServer, Peer
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.manager import Manager
 from shoal.model.errors import APIError
 from shoal.model.ids import new_id, now
 from shoal.store.memory import MemoryStore
@@ -34,24 +35,20 @@ def identity(tmp: Path, root: tuple[bytes, bytes], node_id: str, role: str) -> C
 
 
 class Leader:
-    """A leading manager's endpoints; ``roles`` is the store's view of each node (absent: removed)."""
+    """A leading manager's endpoints over a store of nodes; its store checks are the manager's own."""
 
     node_id = "m" * 25
     revision = 0
+    has_node = Manager.has_node
+    role_of = Manager.role_of
 
-    def __init__(self, roles: dict[str, str]) -> None:
-        self.roles = roles
+    def __init__(self, objs: Objects) -> None:
+        self.objs = objs
         self.forwarded = 0
         self.requests: list[Peer] = []
 
     def cluster_id(self) -> str:
         return CLUSTER
-
-    def has_node(self, node_id: str) -> bool:
-        return node_id in self.roles
-
-    def role_of(self, node_id: str) -> str | None:
-        return self.roles.get(node_id)
 
     def leader(self) -> str | None:
         return None
@@ -71,7 +68,13 @@ class Leader:
 async def test_forwarding_and_requests_follow_the_store_at_each_request(tmp_path: Path) -> None:
     root = make_root_ca()
     m2, w1 = "m2".ljust(25, "0"), "w1".ljust(25, "0")
-    leader = Leader({Leader.node_id: "manager", m2: "manager", w1: "worker"})
+    objs = Objects(MemoryStore())
+    await objs.start()
+    for nid, role in ((Leader.node_id, "manager"), (m2, "manager"), (w1, "worker")):
+        await objs.create("nodes", {"ID": nid, "Spec": {"Role": role, "Availability": "active"}, "CreatedAt": now(),
+                                    "UpdatedAt": now(), "Status": {"State": "ready"},
+                                    **({"ManagerStatus": {"Reachability": "reachable"}} if role == "manager" else {})})
+    leader = Leader(objs)
     tls = NodeTLS(tmp_path / "leader" / "certificates")
     key = new_key()
     tls.write(root[0], issue_node_cert(Signer(*root), make_csr(key), Leader.node_id, "manager", CLUSTER), key_pem(key))
@@ -85,19 +88,27 @@ async def test_forwarding_and_requests_follow_the_store_at_each_request(tmp_path
         assert answer.status == 201 and leader.forwarded == 1
         answer = await worker.forward(addr, "POST", "/services/create", b"{}", {})  # a worker's certificate
         assert answer.status == 403 and leader.forwarded == 1
-        leader.roles[m2] = "worker"  # `docker node demote`: its certificate still says manager
+
+        def demote(n: dict) -> bool:
+            n["Spec"]["Role"] = "worker"
+            return True
+
+        # `docker node demote`: its certificate still says manager, its etcd member is not removed yet
+        await objs.modify("nodes", m2, demote)
+        assert objs.get("nodes", m2)["ManagerStatus"]
         answer = await manager.forward(addr, "POST", "/services/create", b"{}", {})
         assert answer.status == 403 and b"only managers" in answer.body and leader.forwarded == 1
 
         renew = RenewRequest(csr=make_csr(new_key()).decode())
         assert (await worker.request(addr, renew, RenewAnswer)).role == "worker"
-        del leader.roles[w1]  # `docker node rm`
+        await objs.delete("nodes", objs.get("nodes", w1))  # `docker node rm`
         with pytest.raises(APIError) as e:
             await worker.request(addr, renew, RenewAnswer)
         assert e.value.status == 403 and "removed from the swarm" in e.value.message
         assert [p.node_id for p in leader.requests] == [w1]
     finally:
         await server.stop()
+        await objs.stop()
 
 
 class Channel:

@@ -1,8 +1,8 @@
 """The encrypted overlays' keys (``docker network create --opt encrypted``), made and rotated by the leader.
 
 - Per encrypted network a ``netkeys`` object (its ID is the network's): the WireGuard pre-shared key,
-  sealed like a secret's data (:class:`~shoal.manager.secrets.Sealer`: AES-256-GCM under the key derived
-  from the CA key, kind and ID as associated data), the tunnels' UDP port (unique among encrypted
+  sealed like a secret's data (:class:`~shoal.manager.secrets.Sealer`: AES-256-GCM under the cluster's
+  data key, kind and ID as associated data), the tunnels' UDP port (unique among encrypted
   networks, from 51820) and when the key was made. A new key replaces it every ``rotation`` seconds
   (Docker rotates its IPsec keys every 12 h); a network's removal removes its keys.
 - Per node a ``nodekeys`` object (its ID is the node's): its WireGuard public key, as its agent sent it
@@ -77,7 +77,7 @@ class NetworkKeys(Controller):
         self.wall = wall  # seconds since the epoch: a key's age outlives a change of leader
 
     def next_timer(self) -> float | None:
-        if self.sealer is None:  # nothing can be rotated here
+        if self.sealer is None:  # no data key: nothing can be rotated here
             return None
         due = [k.get("RotatedAt", 0.0) + self.rotation for k in self.objs.list("netkeys")]
         return max(0.0, min(due) - self.wall()) if due else None
@@ -101,7 +101,7 @@ class NetworkKeys(Controller):
                                               "Version": k.get("Version")}))
         missing = sorted(encrypted - set(keys))
         if missing and self.sealer is None:
-            log.error("netkeys: no CA key on this leader: encrypted networks get no keys (and no traffic)")
+            log.error("netkeys: no data key on this leader: encrypted networks get no keys (and no traffic)")
             missing = []
         used = {k.get("Port") for k in keys.values()}
         port = BASE_PORT

@@ -27,7 +27,6 @@ import base64
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.model.network import valid_wg_key
+from shoal.tls.files import KEY_MODE, write_file
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,7 @@ def load_or_make_key(path: Path) -> str:
             return text
         log.warning("wireguard: %s holds no valid key; making a new one", path)
     key = base64.b64encode(X25519PrivateKey.generate().private_bytes_raw()).decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    tmp.replace(path)
+    write_file(path, (key + "\n").encode(), KEY_MODE)  # 0600 from its first byte, in a 0700 directory
     return key
 
 

@@ -68,9 +68,11 @@ class Renewer:
             issuer = issuer_of(chain, self.tls.ca.read_bytes())
             if issuer is None or issuer_info(issuer) != (self.wanted.issuer_subject, self.wanted.issuer_public_key):
                 return 0.0
+        nb, na = validity(chain)
         if self._plan is None or self._plan[0] != chain:  # one random point per certificate
             self._plan = (chain, self.fraction())
-        nb, na = validity(chain)
+            log.info("this node's certificate valid until %s renews at %.1f %% of its life (%s)", na.isoformat(),
+                     self._plan[1] * 100, (nb + (na - nb) * self._plan[1]).isoformat())
         return renewal_delay(nb, na, self.wall(), self._plan[1])
 
     def ca_update(self, msg: CAUpdate) -> None:
