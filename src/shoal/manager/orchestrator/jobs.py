@@ -31,7 +31,7 @@ class JobOrchestrator(ServiceOrchestrator):
     modes = ("replicated-job", "global-job")
     name = "job-orchestrator"
 
-    def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+    async def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
         it = svc.job_iteration
         current = [t for t in tasks if t.job_iteration == it]
         # earlier iterations: what has not finished stops (what has stays as history)
@@ -40,7 +40,7 @@ class JobOrchestrator(ServiceOrchestrator):
             self._replicated(svc, current, out)
         else:
             self._global(svc, current, out)
-        return merge(out)
+        return await merge(out, self.pace)
 
     def _replicated(self, svc: ServiceView, tasks: list[TaskView], out: list[Change]) -> None:
         job = svc.spec["Mode"]["ReplicatedJob"]
