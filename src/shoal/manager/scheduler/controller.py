@@ -16,6 +16,9 @@ def _schedulable(t: dict) -> bool:
     return view.state == states.PENDING and not states.before(states.COMPLETE, view.desired)  # jobs: complete
 
 
+BATCH = 256  # tasks placed at once: a slice of the event loop's time
+
+
 class SchedulerController(Controller):
     kinds = ("nodes", "tasks")
     name = "scheduler"
@@ -27,15 +30,20 @@ class SchedulerController(Controller):
 
     async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
         tasks = self.objs.cache["tasks"]
+        pace = self.pace
         if changes is None:
             self.sched = Scheduler()
             for node in self.objs.list("nodes"):
                 self.sched.add_node(node)
-            for t in tasks.values():
+            self.pending = set()
+            for t in list(tasks.values()):
                 self.sched.update_task(t)
-            self.pending = {t["ID"] for t in tasks.values() if _schedulable(t)}
+                if _schedulable(t):
+                    self.pending.add(t["ID"])
+                await pace.tick()
         else:
             for kind, oid in changes:
+                await pace.tick()
                 if kind == "nodes":
                     node = self.objs.get("nodes", oid)
                     if node is None:
@@ -53,12 +61,19 @@ class SchedulerController(Controller):
                     self.pending.add(oid)
                 else:
                     self.pending.discard(oid)
-        if not self.pending:
-            return
+        # in slices of BATCH tasks, each written before the next is placed: placement is greedy, one
+        # task at a time, so slices place as one call would
+        todo = list(self.pending)
+        for i in range(0, len(todo), BATCH):
+            await self._schedule(todo[i:i + BATCH])
+            await pace.tick()
+
+    async def _schedule(self, ids: list[str]) -> None:
+        tasks = self.objs.cache["tasks"]
         batch = []
-        for tid in self.pending:
+        for tid in ids:
             t = tasks.get(tid)
-            if t is not None:
+            if t is not None and _schedulable(t):  # it may have changed while the loop was let in
                 batch.append({**t, "ServiceLabels": TaskView(t).service_labels})
         assigned, failed = self.sched.schedule(batch)
         out: list[Change] = []
@@ -79,7 +94,7 @@ class SchedulerController(Controller):
                 out.append(Change("tasks", {**t, "Status": {**t["Status"], "Err": err, "Timestamp": ts}}))
         self.pending.difference_update(assigned)
         try:
-            await commit_all(self.objs, out)
+            await commit_all(self.objs, out, pace=self.pace)
         except Exception:
             for tid in assigned:
                 self.sched.remove_task(tid)
