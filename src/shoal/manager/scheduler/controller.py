@@ -62,7 +62,7 @@ class SchedulerController(Controller):
                 else:
                     self.pending.discard(oid)
         # in slices of BATCH tasks, each written before the next is placed: placement is greedy, one
-        # task at a time, so slices place as one call would
+        # task at a time, so slices place as one call would (preferences count what earlier slices placed)
         todo = list(self.pending)
         for i in range(0, len(todo), BATCH):
             await self._schedule(todo[i:i + BATCH])
