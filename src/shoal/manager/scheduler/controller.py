@@ -94,6 +94,7 @@ class SchedulerController(Controller):
                 out.append(Change("tasks", {**t, "Status": {**t["Status"], "Err": err, "Timestamp": ts}}))
         self.pending.difference_update(assigned)
         try:
+            await self.pace.tick()
             await commit_all(self.objs, out, pace=self.pace)
         except Exception:
             for tid in assigned:
