@@ -4,7 +4,6 @@ the cluster's ``TaskHistoryRetentionLimit`` per slot (per node for global servic
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 
 from shoal.manager.controller import Controller, commit_all
 from shoal.manager.orchestrator.common import created
@@ -38,8 +37,9 @@ class TaskReaper(Controller):
         out: list[Change] = []
         if changes is None or await self._other_than_tasks(changes):
             for sid in list(self.objs.tasks_by_service):
-                self._reap(self._groups(sid, self.objs.tasks_of_service(sid)).values(), limit, nodes, out)
-                await self.pace.tick()
+                for group in (await self._groups(sid, self.objs.tasks_of_service(sid))).values():
+                    self._reap(group, limit, nodes, out)
+                    await self.pace.tick()
         else:
             # only the groups of the changed tasks: nothing else in their services changed
             seen: set[tuple[str, object]] = set()
@@ -50,7 +50,8 @@ class TaskReaper(Controller):
                     key = (t.service_id, t.node_id if self._per_node(t.service_id) else t.slot)
                     if key not in seen:
                         seen.add(key)
-                        self._reap(self._groups(t.service_id, self._group_of(t)).values(), limit, nodes, out)
+                        for group in (await self._groups(t.service_id, self._group_of(t))).values():
+                            self._reap(group, limit, nodes, out)
                 await self.pace.tick()
         await commit_all(self.objs, out, pace=self.pace)
 
@@ -75,32 +76,33 @@ class TaskReaper(Controller):
             return [o for o in self.objs.tasks_of_node(t.node_id) if (o.get("ServiceID") or "") == sid]
         return [o for o in self.objs.tasks_of_service(sid) if not o.get("NodeID")]
 
-    def _groups(self, sid: str, raws: list[dict]) -> dict[object, list[TaskView]]:
+    async def _groups(self, sid: str, raws: list[dict]) -> dict[object, list[TaskView]]:
+        """The service's tasks per slot (per node: global services', and those without a service)."""
         per_node = self._per_node(sid)
         groups: dict[object, list[TaskView]] = defaultdict(list)
         for t in map(TaskView, raws):
             groups[t.node_id if per_node else t.slot].append(t)
+            await self.pace.tick()
         return groups
 
     @staticmethod
-    def _reap(groups: Iterable[list[TaskView]], limit: int, nodes: dict[str, dict], out: list[Change]) -> None:
-        """Delete the stopped removed tasks of ``groups``, and their history beyond ``limit``."""
-        for group in groups:
-            kept: list[TaskView] = []
-            for t in group:
-                if t.desired == states.REMOVE:
-                    if _stopped(t, nodes):
-                        out.append(Change("tasks", t.raw, delete=True))
-                    continue
-                kept.append(t)
-            if len(kept) <= limit:
+    def _reap(group: list[TaskView], limit: int, nodes: dict[str, dict], out: list[Change]) -> None:
+        """Delete the stopped removed tasks of one slot's ``group``, and its history beyond ``limit``."""
+        kept: list[TaskView] = []
+        for t in group:
+            if t.desired == states.REMOVE:
+                if _stopped(t, nodes):
+                    out.append(Change("tasks", t.raw, delete=True))
                 continue
-            kept.sort(key=created)
-            extra = len(kept) - limit
-            for t in kept:
-                if extra <= 0:
-                    break
-                if not states.before(states.RUNNING, t.desired) or not _stopped(t, nodes):
-                    continue
-                out.append(Change("tasks", t.raw, delete=True))
-                extra -= 1
+            kept.append(t)
+        if len(kept) <= limit:
+            return
+        kept.sort(key=created)
+        extra = len(kept) - limit
+        for t in kept:
+            if extra <= 0:
+                break
+            if not states.before(states.RUNNING, t.desired) or not _stopped(t, nodes):
+                continue
+            out.append(Change("tasks", t.raw, delete=True))
+            extra -= 1
