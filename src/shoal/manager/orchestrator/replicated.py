@@ -14,6 +14,7 @@ deleted service, so no two controllers write the same task.
 from __future__ import annotations
 
 from collections import defaultdict
+from heapq import heapify, heappop, heappush
 
 from shoal.manager.orchestrator.base import ServiceOrchestrator
 from shoal.manager.orchestrator.common import merge, new_task, read_tasks, removed_paced, set_desired
@@ -69,7 +70,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 occupied[slot] = [TaskView(nt)]
                 await pace.tick()
         elif len(occupied) > want:
-            self._scale_down(svc, want, occupied, by_slot, out)
+            await self._scale_down(svc, want, occupied, by_slot, out)
         groups: dict[object, list[TaskView]] = {}
         for slot, live in occupied.items():
             self.restarts.promote(live, tasks_by_id, out)
@@ -79,10 +80,11 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         await self.updater.update(svc, groups, out, {}, pace)
         return await merge(out, pace)
 
-    def _scale_down(self, svc: ServiceView, want: int, occupied: dict[int, list[TaskView]],
-                    by_slot: dict[int, list[TaskView]], out: list[Change]) -> None:
+    async def _scale_down(self, svc: ServiceView, want: int, occupied: dict[int, list[TaskView]],
+                          by_slot: dict[int, list[TaskView]], out: list[Change]) -> None:
         """Remove the extra slots: non-running ones first, then those on the nodes with the most tasks of
-        the service, then the highest numbers."""
+        the service, then the highest numbers (a heap of slots: a slot's rank only grows as slots are
+        removed, so one whose rank is stale when it comes up goes back with its rank of now)."""
         per_node: dict[str, int] = defaultdict(int)
         for live in occupied.values():
             for t in live:
@@ -94,11 +96,21 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             node = live[-1].node_id if live else ""
             return (running, -per_node.get(node, 0), -slot)
 
+        heap = []
+        for slot in occupied:
+            heap.append((order(slot), slot))
+            await self.pace.tick()
+        heapify(heap)
         for _ in range(len(occupied) - want):
-            slot = min(occupied, key=order)
+            while True:
+                rank, slot = heappop(heap)
+                if rank == (now := order(slot)):
+                    break
+                heappush(heap, (now, slot))
             for t in occupied.pop(slot) or by_slot.get(slot, []):
                 if states.before(t.desired, states.REMOVE):
                     out.append(Change("tasks", set_desired(t, states.REMOVE)))
                     per_node[t.node_id] -= 1
                     self.restarts.forget(t.id)
             self.updater.drop(svc.id, slot)
+            await self.pace.tick()
