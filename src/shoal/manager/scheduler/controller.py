@@ -61,14 +61,29 @@ class SchedulerController(Controller):
                     self.pending.add(oid)
                 else:
                     self.pending.discard(oid)
-        # in slices of BATCH tasks, each written before the next is placed: placement is greedy, one
-        # task at a time, so slices place as one call would (preferences count what earlier slices placed)
-        todo = list(self.pending)
-        for i in range(0, len(todo), BATCH):
-            await self._schedule(todo[i:i + BATCH])
+        # in slices of at most BATCH tasks of one service (the scheduler's groups are per service, and
+        # each group looks at every node once per call), written once BATCH changes are ready: placement
+        # is greedy, one task at a time, so slices place as one call would (preferences count what
+        # earlier slices placed)
+        by_service: dict[str, list[str]] = {}
+        for tid in self.pending:
+            t = tasks.get(tid)
+            if t is not None:
+                by_service.setdefault(t.get("ServiceID") or "", []).append(tid)
             await pace.tick()
+        out: list[Change] = []
+        placed: list[str] = []
+        for ids in by_service.values():
+            for i in range(0, len(ids), BATCH):
+                self._place(ids[i:i + BATCH], out, placed)
+                await pace.tick()
+                if len(out) >= BATCH:
+                    await self._write(out, placed)
+                    out, placed = [], []
+        await self._write(out, placed)
 
-    async def _schedule(self, ids: list[str]) -> None:
+    def _place(self, ids: list[str], out: list[Change], placed: list[str]) -> None:
+        """Place the tasks ``ids``; their writes go to ``out``, the IDs of those placed to ``placed``."""
         tasks = self.objs.cache["tasks"]
         batch = []
         for tid in ids:
@@ -76,7 +91,6 @@ class SchedulerController(Controller):
             if t is not None and _schedulable(t):  # it may have changed while the loop was let in
                 batch.append({**t, "ServiceLabels": TaskView(t).service_labels})
         assigned, failed = self.sched.schedule(batch)
-        out: list[Change] = []
         ts = now()
         for tid, nid in assigned.items():
             t = dict(tasks[tid])
@@ -93,10 +107,13 @@ class SchedulerController(Controller):
             if TaskView(t).status.get("Err") != err:
                 out.append(Change("tasks", {**t, "Status": {**t["Status"], "Err": err, "Timestamp": ts}}))
         self.pending.difference_update(assigned)
+        placed.extend(assigned)
+
+    async def _write(self, out: list[Change], placed: list[str]) -> None:
+        """Write placements; if that fails, the tasks placed give their nodes back their room."""
         try:
-            await self.pace.tick()
             await commit_all(self.objs, out, pace=self.pace)
         except Exception:
-            for tid in assigned:
+            for tid in placed:
                 self.sched.remove_task(tid)
             raise
