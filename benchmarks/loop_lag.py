@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import resource
 import statistics
 import sys
@@ -105,7 +106,8 @@ async def run(services: int, replicas: int, nodes: int, freeze: bool = True) -> 
           f"{took:.1f} s; probe woke late by p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {lags[-1] * 1000:.0f} ms "
           f"(mean {statistics.mean(lags) * 1000:.1f} ms over {len(lags)} wake-ups); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB; then one full garbage "
-          f"collection (the hourly thaw) took {full * 1000:.0f} ms")
+          f"collection (the hourly thaw) took {full * 1000:.0f} ms; load average {os.getloadavg()[0]:.1f} "
+          f"(on {os.cpu_count()} CPUs: the probe's lag counts the time other processes had the CPU too)")
 
 
 def main() -> None:
