@@ -6,6 +6,7 @@ comes back into the swarm it was in, if any.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from shoal.aio import FrozenSurvivors, cancel_all
 from shoal.api.server import DISPATCH, make_app
 from shoal.node.control import NodeControl
 from shoal.node.node import Node, NodeConfig
@@ -33,8 +35,12 @@ class Daemon:
         self.app = make_app(NodeControl(self.node))
         self.node.serve_forwarded(self.app[DISPATCH])  # writes other managers forward to this one
         self._runner: web.AppRunner | None = None
+        self._gc = FrozenSurvivors()  # a leader's full garbage collections would hold its loop for seconds
+        self._thaw: asyncio.Task | None = None
 
     async def start(self) -> None:
+        self._gc.install()
+        self._thaw = asyncio.create_task(self._gc.thaw(), name="gc-thaw")
         sock = Path(self.opts.socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -50,3 +56,6 @@ class Daemon:
         await self.node.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._thaw is not None:
+            await cancel_all([self._thaw])
+        self._gc.remove()

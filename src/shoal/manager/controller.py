@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shoal.aio import Pacer
 from shoal.model.errors import APIError, OutOfSequence
 from shoal.store.base import StoreError
 from shoal.store.objects import Change, Objects
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 class Controller:
     """Level-triggered: :meth:`reconcile` gets the (kind, id) pairs that changed, or None for
-    "look at everything" (at start, after an error, on a timer)."""
+    "look at everything" (at start, after an error, on a timer). A pass over many objects calls
+    ``await self.pace.tick()`` between them, so that it shares the leader's event loop."""
 
     kinds: tuple[str, ...] = ()
     name = "controller"
@@ -22,6 +24,7 @@ class Controller:
     def __init__(self, objs: Objects) -> None:
         self.objs = objs
         self.watcher = objs.watcher(self.kinds)
+        self.pace = Pacer()
 
     def next_timer(self) -> float | None:
         """Seconds until the controller wants to run again without a change (None: no timer)."""
@@ -34,6 +37,7 @@ class Controller:
         changes: set[tuple[str, str]] | None = None
         try:
             while True:
+                self.pace.reset()
                 try:
                     await self.reconcile(changes)
                 except (StoreError, APIError) as e:
@@ -53,12 +57,14 @@ class Controller:
             self.objs.unwatch(self.watcher)
 
 
-async def commit_all(objs: Objects, changes: list[Change], batch: int = 128) -> None:
-    """Write changes in transactions of ``batch``; a stale object raises :class:`OutOfSequence`
-    (the controller then looks again once its cache has caught up)."""
+async def commit_all(objs: Objects, changes: list[Change], batch: int = 128, pace: Pacer | None = None) -> None:
+    """Write changes in transactions of ``batch``, letting the event loop in between (``pace``); a stale
+    object raises :class:`OutOfSequence` (the controller then looks again once its cache has caught up)."""
     stale = False
+    pace = pace or Pacer()
     for i in range(0, len(changes), batch):
         if not await objs.commit(changes[i:i + batch]):
             stale = True
+        await pace.tick()
     if stale:
         raise OutOfSequence()

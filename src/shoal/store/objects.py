@@ -100,13 +100,25 @@ class Objects:
         self.fence: Compare | None = None  # while leading: every write also compares the leader key
         self._task: asyncio.Task | None = None
         self.loaded = asyncio.Event()
-        # secondary indexes: service id -> task ids, node id -> task ids
+        # secondary indexes: service id -> task ids, node id -> task ids, (service id, slot) -> task ids
         self.tasks_by_service: dict[str, set[str]] = {}
         self.tasks_by_node: dict[str, set[str]] = {}
+        self.tasks_by_slot: dict[tuple[str, int], set[str]] = {}
 
     def _index(self, kind: str, oid: str, old: dict | None, new: dict | None) -> None:
         if kind != "tasks":
             return
+        before_slot = (old["ServiceID"], old.get("Slot") or 0) if old and old.get("ServiceID") else None
+        after_slot = (new["ServiceID"], new.get("Slot") or 0) if new and new.get("ServiceID") else None
+        if before_slot != after_slot:
+            if before_slot is not None:
+                ids = self.tasks_by_slot.get(before_slot)
+                if ids is not None:
+                    ids.discard(oid)
+                    if not ids:
+                        del self.tasks_by_slot[before_slot]
+            if after_slot is not None:
+                self.tasks_by_slot.setdefault(after_slot, set()).add(oid)
         for idx, field in ((self.tasks_by_service, "ServiceID"), (self.tasks_by_node, "NodeID")):
             before = old.get(field) if old else None
             after = new.get(field) if new else None
@@ -215,6 +227,11 @@ class Objects:
     def tasks_of_service(self, sid: str) -> list[dict]:
         tasks = self.cache["tasks"]
         return [tasks[t] for t in self.tasks_by_service.get(sid, ())]
+
+    def tasks_of_slot(self, sid: str, slot: int) -> list[dict]:
+        """The tasks of one slot of a service (global services' tasks are all in slot 0)."""
+        tasks = self.cache["tasks"]
+        return [tasks[t] for t in self.tasks_by_slot.get((sid, slot), ())]
 
     def tasks_of_node(self, nid: str) -> list[dict]:
         tasks = self.cache["tasks"]

@@ -107,8 +107,11 @@ class Allocator(Controller):
             self._known_tasks = set(tasks)
             ids = list(tasks)
         else:
-            ids = [oid for kind, oid in changes if kind == "tasks"]
+            ids = []
             for kind, oid in changes:
+                await self.pace.tick()
+                if kind == "tasks":
+                    ids.append(oid)
                 if kind == "tasks" and oid not in tasks and oid in self._known_tasks:
                     self._known_tasks.discard(oid)
                     self.net.release_task(oid)
@@ -119,6 +122,7 @@ class Allocator(Controller):
         out: list[Change] = []
         node_needs: dict[str, set[str]] = {}
         for oid in ids:
+            await self.pace.tick()
             raw = tasks.get(oid)
             if raw is None:
                 continue
@@ -152,4 +156,4 @@ class Allocator(Controller):
                 nn = copy.deepcopy(node)
                 nn["Attachments"] = (nn.get("Attachments") or []) + new_atts
                 out.append(Change("nodes", nn))
-        await commit_all(self.objs, out)
+        await commit_all(self.objs, out, pace=self.pace)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from shoal.aio import MONOTONIC, Clock
 from shoal.manager.controller import Controller, commit_all
-from shoal.manager.orchestrator.common import tasks_of, touched
+from shoal.manager.orchestrator.common import read_tasks, touched
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import ServiceWriter, Updater
 from shoal.model.views import ServiceView, TaskView
@@ -35,29 +35,30 @@ class ServiceOrchestrator(Controller):
     async def reconcile(self, changes: set[tuple[str, str]] | None) -> None:
         services = {s["ID"]: ServiceView(s) for s in self.objs.list("services")}
         out: list[Change] = []
-        for sid in touched(self.objs, changes, services):
+        for sid in await touched(self.objs, changes, services, self.pace):
             svc = services.get(sid)
             if svc is None:
-                out += self.deleted(sid)
+                out += await self.deleted(sid)
             elif svc.mode in self.modes:
-                out += self.service(svc, tasks_of(self.objs, sid))
-        out += self.sweep(changes, services)
+                out += await self.service(svc, await read_tasks(self.objs, sid, self.pace))
+            await self.pace.tick()
+        out += await self.sweep(changes, services)
         rewrites = self.updater.take_rewrites()  # made again at the next pass if this one fails
-        await commit_all(self.objs, out)
+        await commit_all(self.objs, out, pace=self.pace)
         if self.updater.write_service is not None:
             for svc_raw in rewrites:
                 await self.updater.write_service(svc_raw)
 
-    def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
-        """The writes that bring one service's tasks in line with its spec."""
+    async def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+        """The writes that bring one service's tasks in line with its spec (paced: ``self.pace``)."""
         raise NotImplementedError
 
-    def deleted(self, service_id: str) -> list[Change]:
+    async def deleted(self, service_id: str) -> list[Change]:
         """The service is gone: forget what was kept about it."""
         self.updater.forget(service_id)
         self.restarts.forget_service(service_id)
         return []
 
-    def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
+    async def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
         """Writes for tasks that belong to no service of this mode (none by default)."""
         return []

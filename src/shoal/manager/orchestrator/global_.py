@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from shoal.manager.orchestrator.base import ServiceOrchestrator
-from shoal.manager.orchestrator.common import merge, new_task, set_desired
+from shoal.manager.orchestrator.common import merge, new_task, node_changed, set_desired
 from shoal.manager.orchestrator.constraint_enforcer import removed_node_attachments
 from shoal.model import states
 from shoal.model.constraint import node_matches, parse
@@ -27,21 +27,24 @@ class GlobalOrchestrator(ServiceOrchestrator):
     modes = ("global",)
     name = "global-orchestrator"
 
-    def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
-        if changes is None or any(kind == "nodes" for kind, _ in changes):
+    async def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
+        if changes is None or await node_changed(changes, self.pace):
             return removed_node_attachments(self.objs)
         return []
 
-    def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+    async def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+        pace = self.pace
         out: list[Change] = []
         by_node: dict[str, list[TaskView]] = defaultdict(list)
         for t in tasks:
             by_node[t.node_id].append(t)
+            await pace.tick()
         constraints = parse(svc.constraints)
         tasks_by_id = {t.id: t for t in tasks}
         groups: dict[object, list[TaskView]] = {}
         node_of: dict[object, str] = {}
         for node in map(NodeView, self.objs.list("nodes")):
+            await pace.tick()
             nid = node.id
             group = by_node.pop(nid, [])
             eligible = node_matches(constraints, node.raw) and node.availability != "drain"
@@ -63,8 +66,8 @@ class GlobalOrchestrator(ServiceOrchestrator):
                 node_of[nid] = nid
         for group in by_node.values():  # nodes that no longer exist
             out += _shut_down(group)
-        self.updater.update(svc, groups, out, node_of)
-        return merge(out)
+        await self.updater.update(svc, groups, out, node_of, pace)
+        return await merge(out, pace)
 
 
 def _shut_down(tasks: list[TaskView]) -> list[Change]:

@@ -31,28 +31,31 @@ class JobOrchestrator(ServiceOrchestrator):
     modes = ("replicated-job", "global-job")
     name = "job-orchestrator"
 
-    def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+    async def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
         it = svc.job_iteration
         current = [t for t in tasks if t.job_iteration == it]
         # earlier iterations: what has not finished stops (what has stays as history)
         out = removed(t for t in tasks if t.job_iteration != it and not states.before(states.RUNNING, t.state))
         if svc.mode == "replicated-job":
-            self._replicated(svc, current, out)
+            await self._replicated(svc, current, out)
         else:
-            self._global(svc, current, out)
-        return merge(out)
+            await self._global(svc, current, out)
+        return await merge(out, self.pace)
 
-    def _replicated(self, svc: ServiceView, tasks: list[TaskView], out: list[Change]) -> None:
+    async def _replicated(self, svc: ServiceView, tasks: list[TaskView], out: list[Change]) -> None:
         job = svc.spec["Mode"]["ReplicatedJob"]
         total = int(job.get("TotalCompletions") or 0)
         concurrent = int(job.get("MaxConcurrent") or 0)
         by_slot: dict[int, list[TaskView]] = defaultdict(list)
+        tasks_by_id: dict[str, TaskView] = {}
         for t in tasks:
             by_slot[t.slot].append(t)
-        tasks_by_id = {t.id: t for t in tasks}
+            tasks_by_id[t.id] = t
+            await self.pace.tick()
         used: set[int] = set()
         running = complete = 0
         for slot, group in by_slot.items():
+            await self.pace.tick()
             live = self.restarts.replace_dead(svc, group, out)
             for t in live:
                 tasks_by_id.setdefault(t.id, t)
@@ -70,14 +73,16 @@ class JobOrchestrator(ServiceOrchestrator):
             if slot is None:
                 break
             out.append(Change("tasks", new_task(svc.raw, slot, desired=states.COMPLETE), create=True))
+            await self.pace.tick()
 
-    def _global(self, svc: ServiceView, tasks: list[TaskView], out: list[Change]) -> None:
+    async def _global(self, svc: ServiceView, tasks: list[TaskView], out: list[Change]) -> None:
         by_node: dict[str, list[TaskView]] = defaultdict(list)
         for t in tasks:
             by_node[t.node_id].append(t)
         tasks_by_id = {t.id: t for t in tasks}
         constraints = parse(svc.constraints)
         for node in map(NodeView, self.objs.list("nodes")):
+            await self.pace.tick()
             group = by_node.pop(node.id, [])
             if node.down or node.availability == "drain" or not node_matches(constraints, node.raw):
                 out.extend(_shut_down(group))

@@ -14,9 +14,10 @@ deleted service, so no two controllers write the same task.
 from __future__ import annotations
 
 from collections import defaultdict
+from heapq import heapify, heappop, heappush
 
 from shoal.manager.orchestrator.base import ServiceOrchestrator
-from shoal.manager.orchestrator.common import merge, new_task, removed, set_desired, tasks_of
+from shoal.manager.orchestrator.common import merge, new_task, read_tasks, removed_paced, set_desired
 from shoal.model import states
 from shoal.model.views import ServiceView, TaskView
 from shoal.store.objects import Change
@@ -26,23 +27,29 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
     modes = ("replicated",)
     name = "replicated-orchestrator"
 
-    def deleted(self, service_id: str) -> list[Change]:
+    async def deleted(self, service_id: str) -> list[Change]:
         """Its tasks are removed, whatever mode the service had."""
-        return removed(tasks_of(self.objs, service_id)) + super().deleted(service_id)
+        return (await removed_paced(await read_tasks(self.objs, service_id, self.pace), self.pace)
+                + await super().deleted(service_id))
 
-    def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
+    async def sweep(self, changes: set[tuple[str, str]] | None, services: dict[str, ServiceView]) -> list[Change]:
         """At a full pass, orphans: tasks whose service is gone."""
         if changes is not None:
             return []
-        orphaned = set(self.objs.tasks_by_service) - set(services) - {""}
-        return removed(t for sid in orphaned for t in tasks_of(self.objs, sid))
+        out: list[Change] = []
+        for sid in set(self.objs.tasks_by_service) - set(services) - {""}:
+            out += await removed_paced(await read_tasks(self.objs, sid, self.pace), self.pace)
+        return out
 
-    def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+    async def service(self, svc: ServiceView, tasks: list[TaskView]) -> list[Change]:
+        pace = self.pace
         out: list[Change] = []
         by_slot: dict[int, list[TaskView]] = defaultdict(list)
+        tasks_by_id: dict[str, TaskView] = {}
         for t in tasks:
             by_slot[t.slot].append(t)
-        tasks_by_id = {t.id: t for t in tasks}
+            tasks_by_id[t.id] = t
+            await pace.tick()
         occupied: dict[int, list[TaskView]] = {}
         for slot, group in by_slot.items():
             live = self.restarts.replace_dead(svc, group, out)
@@ -52,6 +59,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                     tasks_by_id.setdefault(t.id, t)
             elif self.restarts.kept_dead(svc, group):
                 occupied[slot] = []
+            await pace.tick()
         want = svc.replicas
         if len(occupied) < want:
             free = (s for s in range(1, 1 << 30) if s not in occupied)
@@ -60,17 +68,23 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 nt = new_task(svc.raw, slot)
                 out.append(Change("tasks", nt, create=True))
                 occupied[slot] = [TaskView(nt)]
+                await pace.tick()
         elif len(occupied) > want:
-            self._scale_down(svc, want, occupied, by_slot, out)
-        for live in occupied.values():
+            await self._scale_down(svc, want, occupied, by_slot, out)
+        groups: dict[object, list[TaskView]] = {}
+        for slot, live in occupied.items():
             self.restarts.promote(live, tasks_by_id, out)
-        self.updater.update(svc, {k: v for k, v in occupied.items() if v}, out, {})
-        return merge(out)
+            if live:
+                groups[slot] = live
+            await pace.tick()
+        await self.updater.update(svc, groups, out, {}, pace)
+        return await merge(out, pace)
 
-    def _scale_down(self, svc: ServiceView, want: int, occupied: dict[int, list[TaskView]],
-                    by_slot: dict[int, list[TaskView]], out: list[Change]) -> None:
+    async def _scale_down(self, svc: ServiceView, want: int, occupied: dict[int, list[TaskView]],
+                          by_slot: dict[int, list[TaskView]], out: list[Change]) -> None:
         """Remove the extra slots: non-running ones first, then those on the nodes with the most tasks of
-        the service, then the highest numbers."""
+        the service, then the highest numbers (a heap of slots: a slot's rank only grows as slots are
+        removed, so one whose rank is stale when it comes up goes back with its rank of now)."""
         per_node: dict[str, int] = defaultdict(int)
         for live in occupied.values():
             for t in live:
@@ -82,11 +96,21 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             node = live[-1].node_id if live else ""
             return (running, -per_node.get(node, 0), -slot)
 
+        heap = []
+        for slot in occupied:
+            heap.append((order(slot), slot))
+            await self.pace.tick()
+        heapify(heap)
         for _ in range(len(occupied) - want):
-            slot = min(occupied, key=order)
+            while True:
+                rank, slot = heappop(heap)
+                if rank == (now := order(slot)):
+                    break
+                heappush(heap, (now, slot))
             for t in occupied.pop(slot) or by_slot.get(slot, []):
                 if states.before(t.desired, states.REMOVE):
                     out.append(Change("tasks", set_desired(t, states.REMOVE)))
                     per_node[t.node_id] -= 1
                     self.restarts.forget(t.id)
             self.updater.drop(svc.id, slot)
+            await self.pace.tick()

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 
-from shoal.aio import MONOTONIC, Clock
+from shoal.aio import MONOTONIC, Clock, Pacer
 from shoal.manager.orchestrator.common import new_task, set_desired
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.model import states
@@ -83,6 +83,17 @@ def _slot_dirty(svc: ServiceView, group: list[TaskView]) -> bool:
     return len(group) > 1 or any(is_dirty(svc.raw, t.raw) for t in group)
 
 
+async def _dirty(svc: ServiceView, groups: dict[object, list[TaskView]], skip: Container[object],
+                 pace: Pacer) -> list[object]:
+    """The slots of ``groups`` (but those in ``skip``) that must be updated, looked at in slices."""
+    out = []
+    for k, g in groups.items():
+        if g and k not in skip and _slot_dirty(svc, g):
+            out.append(k)
+        await pace.tick()
+    return out
+
+
 class Updater:
     def __init__(self, restarts: RestartSupervisor, clock: Clock = MONOTONIC,
                  write_service: ServiceWriter | None = None) -> None:
@@ -121,17 +132,19 @@ class Updater:
         return out
 
     # -- a pass ---------------------------------------------------------------------------------
-    def update(self, svc: ServiceView, groups: dict[object, list[TaskView]], out: list[Change],
-               node_of: dict[object, str]) -> None:
+    async def update(self, svc: ServiceView, groups: dict[object, list[TaskView]], out: list[Change],
+                     node_of: dict[object, str], pace: Pacer) -> None:
         """Replace outdated slots, count failures and keep UpdateStatus.
 
         ``groups`` are the service's live tasks per slot (per node for global services, whose new tasks
-        go to ``node_of[key]``)."""
+        go to ``node_of[key]``); the slots are looked at in slices (``pace``)."""
         sid = svc.id
         state = svc.update_status.get("State")
         run = self._runs.get(sid)
+        started: list[object] | None = None  # the outdated slots, when the run starts at this pass
         if run is None or run.spec != _spec_key(svc):
-            run = self._start(svc, groups, out)
+            started = [] if state in PAUSED else await _dirty(svc, groups, (), pace)
+            run = self._start(svc, started, out)
             if run is None:
                 return
         if run.rollback_message:
@@ -145,8 +158,9 @@ class Updater:
         if failed:
             self._act(svc, run, failed, out)
             return
-        dirty = sorted((k for k, g in groups.items() if g and k not in run.inflight and _slot_dirty(svc, g)),
-                       key=str)
+        if started is None or run.inflight:
+            started = await _dirty(svc, groups, run.inflight, pace)
+        dirty = sorted(started, key=str)
         if not dirty and not run.inflight:
             if run.done_at is None:
                 period = run.monitor if run.delay < run.monitor else run.delay + 1
@@ -162,15 +176,15 @@ class Updater:
         free = parallelism - len(run.inflight) - len(run.cooling)
         for key in dirty[:max(0, free)]:
             self._update_slot(svc, run, key, groups[key], node_of.get(key, ""), out, t)
+            await pace.tick()
 
-    def _start(self, svc: ServiceView, groups: dict[object, list[TaskView]], out: list[Change]) -> _Run | None:
-        """A run for the service's current spec (None: nothing to do)."""
+    def _start(self, svc: ServiceView, dirty: list[object], out: list[Change]) -> _Run | None:
+        """A run for the service's current spec (None: nothing to do); ``dirty``: its outdated slots."""
         sid = svc.id
         self._runs.pop(sid, None)
         state = svc.update_status.get("State")
         if state in PAUSED:
             return None  # until the spec changes
-        dirty = [k for k, g in groups.items() if g and _slot_dirty(svc, g)]
         if not dirty:
             if state in ACTIVE_UPDATE:
                 self._complete(svc, out)
